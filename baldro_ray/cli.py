@@ -1,0 +1,46 @@
+"""The ``baldro-ray`` command line: thin wrappers that validate the configuration before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from baldro_ray.config import ConfigError, dump_config, load_config
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (see configs/); defaults apply when omitted")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.lr=2e-5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (also used to check cluster entrypoints)."""
+    parser = argparse.ArgumentParser(prog="baldro-ray", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "objectives-demo", help="print the weights mean, BalDRO-G and BalDRO-DV (both signs) give one forget batch"
+    )
+    show = commands.add_parser("config", help="validate a config with its overrides and print the resolved YAML")
+    _add_config_arguments(show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``baldro-ray`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "objectives-demo":
+            from baldro_ray.objectives.demo import render_demo
+
+            print(render_demo())
+        elif args.command == "config":
+            print(dump_config(load_config(args.config, args.overrides)), end="")
+    except ConfigError as err:
+        print(f"baldro-ray: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Typed run configuration: YAML files in ``configs/`` plus dotted ``key=value`` overrides, validated once.
+
+Invariant: a :class:`RunConfig` that exists is valid — unknown keys, bad types and out-of-range values are rejected
+by :func:`load_config` with a :class:`ConfigError` naming the key path, the value found and what is allowed (and the
+closest valid key for typos), before anything runs. Hyperparameter names follow open-unlearning and the BalDRO paper.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from baldro_ray.objectives import FORGET_LOSSES, get_forget_loss
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any compute starts."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DROConfig(_Section):
+    """How the per-unit forget losses are aggregated: ``mean`` (ERM), ``group`` (BalDRO-G) or ``dv`` (BalDRO-DV)."""
+
+    type: Literal["mean", "group", "dv"] = "mean"
+    temperature: float | None = Field(
+        default=-1.0,
+        description="signed DV temperature t: t<0 is the reference BalDRO-DV (t = -beta_dv_forget / -sigma_forget), "
+        "t>0 the textbook worst case, null the mean",
+    )
+    sampling_ratio: float = Field(default=0.5, gt=0, le=1, description="BalDRO-G: fraction of the forget batch kept")
+    scope: Literal["global", "local"] = Field(
+        default="global",
+        description="global: DRO over the whole optimizer-step batch on all ranks; local: per device micro-batch "
+        "(reference behaviour)",
+    )
+    retain_dro: bool = Field(default=False, description="apply the same DV form to per-sequence retain NLL")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_not_zero(cls, value: float | None) -> float | None:
+        if value is not None and (value == 0 or math.isnan(value)):
+            raise ValueError("must be a non-zero number (negative: reference form, positive: textbook form) or null")
+        return value
+
+
+class MethodConfig(_Section):
+    """Forget loss x aggregation x retain loss; unset hyperparameters take the method's reference defaults."""
+
+    name: str = "NPO"
+    beta: float = Field(default=0.1, gt=0, description="NPO / SimNPO inverse temperature")
+    delta: float = Field(default=0.0, description="SimNPO margin")
+    beta1: float = Field(default=5.0, ge=0, description="SatImp exponent of p")
+    beta2: float = Field(default=1.0, ge=0, description="SatImp exponent of 1 - p")
+    gamma: float = Field(default=1.0, ge=0, description="weight of the forget loss")
+    alpha: float = Field(default=1.0, ge=0, description="weight of the retain loss")
+    retain_loss_type: Literal["NLL", "KL"] = "NLL"
+    retain_reduction: Literal["token_mean", "sequence_sum_mean"] = "token_mean"
+    dro: DROConfig = DROConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            name = data.get("name", "NPO")
+            if isinstance(name, str) and name in FORGET_LOSSES:
+                data = {**FORGET_LOSSES[name].defaults, **data}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        get_forget_loss(value)
+        return value
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The values the forget loss may read, by their open-unlearning names."""
+        return {"beta": self.beta, "delta": self.delta, "beta1": self.beta1, "beta2": self.beta2}
+
+
+class DataConfig(_Section):
+    """Where the forget/retain/holdout splits come from."""
+
+    source: Literal["synthetic", "tofu", "muse", "files"] = "synthetic"
+    location: str | None = Field(default=None, description="folder or Hugging Face dataset name; null: generated")
+    forget_split: str = "forget10"
+    retain_split: str = "retain90"
+    holdout_split: str = "holdout10"
+
+
+class ModelConfig(_Section):
+    """The model to unlearn (a local folder saved with save_pretrained, or a Hugging Face name)."""
+
+    name_or_path: str = "tiny"
+    tokenizer: str | None = Field(default=None, description="defaults to name_or_path")
+
+
+class TrainerConfig(_Section):
+    """Optimisation settings, named as in the reference presets."""
+
+    lr: float = Field(default=1e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    epochs: int = Field(default=10, ge=1)
+    per_device_batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    schedule: Literal["linear", "constant"] = "linear"
+    seed: int = Field(default=0, ge=0)
+    max_length: int = Field(default=512, ge=8)
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+
+
+class RunConfig(_Section):
+    """One unlearning run."""
+
+    method: MethodConfig = MethodConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    output_dir: str = "outputs"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level; found {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a YAML config; ``extends: other.yaml`` (relative to the file) is merged underneath."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config file {path} extends itself through {[str(p) for p in _seen]}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: key 'extends' must be a file path; found {parent!r}")
+    return _deep_merge(read_config_file(path.parent / parent, (*_seen, path)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'trainer.lr=2e-5'`` -> ``(['trainer', 'lr'], 2e-05)``; the value is read as YAML (``null``, lists...)."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. trainer.lr=2e-5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: {err}") from err
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each dotted key; unknown keys are kept so that validation reports them with a suggestion."""
+    result = _deep_merge({}, data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {text!r}: {prefix!r} is a value ({child!r}), not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _section_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _describe(error: Mapping[str, Any], overrides: Sequence[str]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    origin = next((f" (from override {o!r})" for o in overrides if f"{o.partition('=')[0].strip()}.".startswith(f"{key}.")), "")
+    if error["type"] == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        known = sorted(section.model_fields) if section else []
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {'.'.join([*loc[:-1], close[0]])!r}? " if close else ""
+        return f"unknown key {key!r}{origin}: {hint}allowed keys here: {known}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"key {key!r} = {error.get('input')!r}{origin}: {message}"
+
+
+def validate_config(data: Mapping[str, Any], source: str = "<config>", overrides: Sequence[str] = ()) -> RunConfig:
+    """Build a :class:`RunConfig`, turning every validation problem into one :class:`ConfigError`."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        problems = "\n  - ".join(_describe(e, overrides) for e in err.errors())
+        raise ConfigError(f"invalid configuration {source}:\n  - {problems}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read ``path`` (or the defaults), apply ``overrides`` in order, validate; raises :class:`ConfigError`."""
+    data = read_config_file(path) if path is not None else {}
+    return validate_config(apply_overrides(data, overrides), str(path or "<defaults>"), overrides)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved configuration as YAML; ``load_config`` of this text gives back an equal config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten_config(config: RunConfig, sep: str = "/") -> dict[str, Any]:
+    """Flat ``{'method/dro/temperature': -1.0, ...}`` for experiment trackers."""
+
+    def walk(prefix: str, value: Any) -> typing.Iterator[tuple[str, Any]]:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                yield from walk(f"{prefix}{sep}{key}" if prefix else key, child)
+        else:
+            yield prefix, value
+
+    return dict(walk("", config.model_dump(mode="json")))
+

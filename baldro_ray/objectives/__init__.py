@@ -1,0 +1,67 @@
+"""BalDRO objectives in pure torch: per-token/per-sample NLL, forget and retain losses, DRO aggregations, registry.
+
+Tensors in, tensors out; nothing here knows about Ray, files or configs. Formulas: ``shared/spec/BALDRO.md``.
+"""
+
+from baldro_ray.objectives.dro import (
+    WeightDiagnostics,
+    dro_weights,
+    dv_aggregate,
+    group_select,
+    group_size,
+    group_weights,
+    is_mean_temperature,
+    weight_diagnostics,
+)
+from baldro_ray.objectives.forget import ga_loss, npo_loss, satimp_from_token_nll, satimp_token_losses, simnpo_loss
+from baldro_ray.objectives.nll import IGNORE_INDEX, TokenNLL, average_nll, sequence_nll, token_nll
+from baldro_ray.objectives.registry import (
+    AGGREGATIONS,
+    FORGET_LOSSES,
+    ForgetBatch,
+    ForgetLoss,
+    aggregate_units,
+    combine,
+    g_hardness,
+    get_forget_loss,
+    register_forget_loss,
+    sample_weights,
+    unit_weights,
+)
+from baldro_ray.objectives.retain import RETAIN_REDUCTIONS, reduce_retain_nll, retain_kl, retain_nll
+
+__all__ = [
+    "AGGREGATIONS",
+    "FORGET_LOSSES",
+    "IGNORE_INDEX",
+    "RETAIN_REDUCTIONS",
+    "ForgetBatch",
+    "ForgetLoss",
+    "TokenNLL",
+    "WeightDiagnostics",
+    "aggregate_units",
+    "average_nll",
+    "combine",
+    "dro_weights",
+    "dv_aggregate",
+    "g_hardness",
+    "ga_loss",
+    "get_forget_loss",
+    "group_select",
+    "group_size",
+    "group_weights",
+    "is_mean_temperature",
+    "npo_loss",
+    "reduce_retain_nll",
+    "register_forget_loss",
+    "retain_kl",
+    "retain_nll",
+    "sample_weights",
+    "satimp_from_token_nll",
+    "satimp_token_losses",
+    "sequence_nll",
+    "simnpo_loss",
+    "token_nll",
+    "unit_weights",
+    "weight_diagnostics",
+]
