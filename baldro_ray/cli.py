@@ -23,7 +23,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show = commands.add_parser("config", help="validate a config with its overrides and print the resolved YAML")
     _add_config_arguments(show)
+    finetune = commands.add_parser(
+        "finetune",
+        help="generate the embedded benchmark and fine-tune (or reuse) its tiny target and retain models on Ray",
+    )
+    _add_config_arguments(finetune)
     return parser
+
+
+def _finetune(config_path: str | None, overrides: Sequence[str]) -> None:
+    from baldro_ray.cluster import ensure_ray
+    from baldro_ray.embedded import memorisation_report, prepare_embedded, render_report
+
+    config = load_config(config_path, overrides)
+    if config.data.source != "synthetic":
+        raise ConfigError(
+            f"finetune prepares the embedded benchmark (data.source=synthetic); got data.source={config.data.source!r}"
+        )
+    ensure_ray()
+    assets = prepare_embedded(config.embedded, config.data.forget_split)
+    print(render_report(memorisation_report(assets, config.embedded.finetune.max_length)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(render_demo())
         elif args.command == "config":
             print(dump_config(load_config(args.config, args.overrides)), end="")
+        elif args.command == "finetune":
+            _finetune(args.config, args.overrides)
     except ConfigError as err:
         print(f"baldro-ray: error: {err}", file=sys.stderr)
         return 2

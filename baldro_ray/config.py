@@ -7,6 +7,7 @@ closest valid key for typos), before anything runs. Hyperparameter names follow 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import typing
@@ -17,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from baldro_ray.data.synthetic import SyntheticConfig
+from baldro_ray.models.tiny import TinyModelSpec
 from baldro_ray.objectives import FORGET_LOSSES, get_forget_loss
 
 
@@ -120,6 +123,32 @@ class TrainerConfig(_Section):
     use_gpu: bool = False
 
 
+class FinetuneConfig(_Section):
+    """How the embedded benchmark's tiny target and retain models are fine-tuned (Ray Train, DDP)."""
+
+    epochs: int = Field(default=12, ge=1)
+    lr: float = Field(default=5e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    per_device_batch_size: int = Field(default=16, ge=1)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    seed: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    max_length: int = Field(default=128, ge=8)
+    use_gpu: bool = False
+
+
+class EmbeddedConfig(_Section):
+    """The embedded default: a synthetic fictitious-author benchmark and tiny Llama models trained locally."""
+
+    cache_dir: str = Field(default="~/.cache/baldro-ray", description="benchmark and models, keyed by content hash")
+    benchmark: SyntheticConfig = SyntheticConfig()
+    vocab_size: int = Field(default=2048, ge=300)
+    tiny_model: TinyModelSpec = TinyModelSpec()
+    model_seed: int = Field(default=0, ge=0)
+    finetune: FinetuneConfig = FinetuneConfig()
+
+
 class RunConfig(_Section):
     """One unlearning run."""
 
@@ -127,6 +156,7 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     trainer: TrainerConfig = TrainerConfig()
+    embedded: EmbeddedConfig = EmbeddedConfig()
     output_dir: str = "outputs"
 
 
@@ -201,27 +231,36 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return result
 
 
-def _section_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
-    model: type[BaseModel] = RunConfig
+def _known_keys(loc: Sequence[str | int]) -> list[str]:
+    """The keys allowed in the section at ``loc`` (pydantic sections and dataclass sections alike)."""
+    section: Any = RunConfig
     for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        candidates = [field.annotation, *typing.get_args(field.annotation)]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        fields = _fields_of(section)
+        if str(part) not in fields:
+            return []
+        annotation = fields[str(part)]
+        nested = [c for c in (annotation, *typing.get_args(annotation)) if _fields_of(c)]
         if not nested:
-            return None
-        model = nested[0]
-    return model
+            return []
+        section = nested[0]
+    return sorted(_fields_of(section))
+
+
+def _fields_of(section: Any) -> dict[str, Any]:
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return {name: field.annotation for name, field in section.model_fields.items()}
+    if dataclasses.is_dataclass(section) and isinstance(section, type):
+        hints = typing.get_type_hints(section)
+        return {f.name: hints[f.name] for f in dataclasses.fields(section)}
+    return {}
 
 
 def _describe(error: Mapping[str, Any], overrides: Sequence[str]) -> str:
     loc = [str(p) for p in error["loc"]]
     key = ".".join(loc)
     origin = next((f" (from override {o!r})" for o in overrides if f"{o.partition('=')[0].strip()}.".startswith(f"{key}.")), "")
-    if error["type"] == "extra_forbidden":
-        section = _section_at(loc[:-1])
-        known = sorted(section.model_fields) if section else []
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        known = _known_keys(loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f"did you mean {'.'.join([*loc[:-1], close[0]])!r}? " if close else ""
         return f"unknown key {key!r}{origin}: {hint}allowed keys here: {known}"

@@ -1,0 +1,106 @@
+"""Prompt rendering, label masking and padding: the one place a QA pair becomes model input.
+
+A QA sample is ``user_start + question + user_end + assistant_start + answer + assistant_end (+ eos)``; labels are
+``-100`` on every prompt token, so only answer tokens count (open-unlearning's ``preprocess_chat_instance`` for
+templates given as tags: the full text and the prompt are tokenised separately and the prompt's length is masked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from baldro_ray.models.tiny import TINY_TEMPLATE
+from baldro_ray.objectives.nll import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The four tags around a question and its answer."""
+
+    user_start: str = ""
+    user_end: str = ""
+    assistant_start: str = ""
+    assistant_end: str = ""
+
+    def prompt(self, question: str) -> str:
+        return f"{self.user_start}{question}{self.user_end}{self.assistant_start}"
+
+    def full(self, question: str, answer: str) -> str:
+        return f"{self.prompt(question)}{answer}{self.assistant_end}"
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    "llama2-chat": PromptTemplate("[INST] ", " [/INST]", "", " "),
+    "tiny": PromptTemplate(**TINY_TEMPLATE),
+    "plain": PromptTemplate("Question: ", "\n", "Answer: ", ""),
+}
+
+
+class EncodingError(ValueError):
+    """A sample that cannot be trained on (its answer has no token left)."""
+
+
+def encode_qa(
+    tokenizer: Any, question: str, answer: str, template: PromptTemplate, max_length: int
+) -> dict[str, list[int]]:
+    """``input_ids`` and ``labels`` (prompt masked with -100, eos appended) cut to ``max_length`` tokens.
+
+    Raises :class:`EncodingError` when no answer token survives (empty answer, or a prompt of ``max_length`` tokens).
+    """
+    full_ids = list(tokenizer(template.full(question, answer), add_special_tokens=True)["input_ids"])
+    prompt_len = len(tokenizer(template.prompt(question), add_special_tokens=True)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not full_ids or full_ids[-1] != eos):
+        full_ids.append(eos)
+    ids = full_ids[:max_length]
+    labels = [IGNORE_INDEX] * min(prompt_len, len(ids)) + ids[prompt_len:]
+    answer_tokens = len(ids) - min(prompt_len, len(ids))
+    if answer_tokens == 0 or not answer.strip():
+        raise EncodingError(
+            f"the answer {answer[:60]!r} has no token left after a prompt of {prompt_len} tokens "
+            f"(max_length={max_length}): it is empty or cut off"
+        )
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_rows(
+    rows: Sequence[Mapping[str, Any]], tokenizer: Any, template: PromptTemplate, max_length: int, source: str
+) -> list[dict[str, Any]]:
+    """Encode QA rows, keeping their position as ``index``; the error names ``source`` and the 0-based row."""
+    encoded = []
+    for index, row in enumerate(rows):
+        try:
+            sample = encode_qa(tokenizer, row["question"], row["answer"], template, max_length)
+        except EncodingError as err:
+            raise EncodingError(f"{source}, row {index} (0-based), field 'answer': {err}") from None
+        encoded.append({"index": index, **sample})
+    return encoded
+
+
+def pad_batch(batch: Mapping[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ragged ``input_ids``/``labels`` (lists or object arrays) into tensors with an attention mask.
+
+    Other columns are stacked as they are (scalars per row, e.g. ``index`` or ``ref_nll_sum``).
+    """
+    ids = [np.asarray(x, dtype=np.int64) for x in batch["input_ids"]]
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, (seq, lab) in enumerate(zip(ids, batch["labels"])):
+        input_ids[row, : len(seq)] = torch.from_numpy(seq)
+        labels[row, : len(seq)] = torch.as_tensor(np.asarray(lab, dtype=np.int64))
+        attention_mask[row, : len(seq)] = 1
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    for key, values in batch.items():
+        if key not in out:
+            out[key] = torch.as_tensor(np.asarray(values))
+    return out

@@ -1,0 +1,1 @@
+"""Evaluation: scoring answers under a model, TOFU/MUSE metrics, forgetting balance."""

@@ -1,0 +1,210 @@
+"""Tiny Llama-architecture causal LMs with a locally trained byte-level BPE tokenizer.
+
+Everything here runs offline and on CPU in seconds, so the embedded benchmark and the tests exercise the same
+code paths (``LlamaForCausalLM``, ``save_pretrained``, ``AutoModelForCausalLM.from_pretrained``) as a real
+hub model, without downloading one.
+
+Tokenizer invariants (see ``train_tokenizer``):
+
+* ``decode(encode(text), skip_special_tokens=True) == text`` for any text: every byte is in the vocabulary.
+* ids 0..5 are ``<pad>``, ``<s>``, ``</s>``, ``<unk>``, ``<|user|>``, ``<|assistant|>``; each is one token.
+* ``tokenizer(text)`` prepends ``<s>`` and appends nothing, like Llama.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+USER_TAG, ASSISTANT_TAG = "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, USER_TAG, ASSISTANT_TAG)
+
+# Chat markers in the form the data pipeline uses to build prompts; must agree with CHAT_TEMPLATE.
+TINY_TEMPLATE: dict[str, str] = {
+    "user_start": USER_TAG,
+    "user_end": "",
+    "assistant_start": ASSISTANT_TAG,
+    "assistant_end": "",
+}
+
+# Renders ``<|user|>{question}<|assistant|>{answer}</s>`` per exchange; no <s>, since tokenizing adds it.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}" + USER_TAG + "{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT_TAG + "{{ message['content'] }}" + EOS +
+    "{% else %}{{ raise_exception('unsupported chat role: ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT_TAG + "{% endif %}"
+)  # fmt: skip
+
+_BYTE_ALPHABET_SIZE = 256
+# "owner/name" as on the Hugging Face hub; anything else that is not a local path is a typo'd path.
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts``; same texts and ``vocab_size`` give the same tokenizer.
+
+    ``vocab_size`` is an upper bound: a small corpus runs out of merges earlier. It must leave room for the
+    256 byte symbols and the six special tokens, which is what makes every text round-trip.
+    """
+    minimum = _BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size={vocab_size} is below {minimum} (256 bytes + {len(SPECIAL_TOKENS)} specials)"
+        )
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    bos_id = backend.token_to_id(BOS)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        extra_special_tokens=[USER_TAG, ASSISTANT_TAG],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Shape of a tiny Llama; ``num_heads`` must divide ``hidden_size``, ``num_kv_heads`` ``num_heads``."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = False
+    rope_theta: float = 10000.0
+
+
+def build_tiny_llama(
+    spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+) -> LlamaForCausalLM:
+    """A randomly initialised float32 ``LlamaForCausalLM`` sized to ``tokenizer``.
+
+    The weights depend only on ``spec``, ``len(tokenizer)`` and ``seed``; the global RNG state is untouched.
+    """
+    if spec.hidden_size % spec.num_heads or spec.num_heads % spec.num_kv_heads:
+        raise ValueError(f"incompatible head layout in {spec}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        rope_theta=spec.rope_theta,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    # devices=[]: initialisation happens on CPU, so forking CUDA generators would only initialise CUDA.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # The constructor uses torch's global default dtype, which callers may have changed.
+        model = LlamaForCausalLM(config).to(torch.float32)
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameter elements (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check_vocab(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, name: str) -> None:
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer of {name!r} has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{model.config.vocab_size}: the tokenizer does not match the model's vocabulary"
+        )
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str]
+) -> Path:
+    """Write ``model`` (safetensors) and ``tokenizer`` to ``out_dir`` atomically; return it as a Path.
+
+    Both are written into a sibling temp folder which is then renamed onto ``out_dir``, so ``out_dir`` never
+    holds a partial save. An existing ``out_dir`` is first renamed aside and deleted after the swap; a crash
+    exactly between the two renames leaves ``out_dir`` absent and the old copy in ``.<name>.tmp-*.old``.
+    """
+    _check_vocab(tokenizer, model, str(out_dir))
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    aside = tmp.with_name(tmp.name + ".old")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            os.replace(out, aside)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if aside.exists() and not out.exists():
+            os.replace(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return out
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str], dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local folder or a hub name, exactly as transformers does.
+
+    ``dtype=None`` keeps transformers' default (5.x: the checkpoint's dtype). Raises ``FileNotFoundError``
+    for a missing path that is not an ``owner/name`` hub id, ``OSError`` naming the model when loading
+    fails (offline, unknown repo, incomplete folder), and ``ValueError`` when the tokenizer has more tokens
+    than the model's vocabulary.
+    """
+    name = os.fspath(name_or_path)
+    if not os.path.exists(name) and not _HUB_NAME.fullmatch(name):
+        raise FileNotFoundError(f"model path {name!r} does not exist (and is not an 'owner/name' hub id)")
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        where = "local folder" if os.path.exists(name) else "Hugging Face hub model (or missing local path)"
+        raise OSError(f"could not load {where} {name!r}: {err}") from err
+    _check_vocab(tokenizer, model, name)
+    return model, tokenizer

@@ -1,0 +1,130 @@
+"""Fine-tuning causal LMs on QA rows with Ray Train (the embedded benchmark's target and retain models).
+
+Several fine-tuning jobs from the same base model share one Ray Train run (start-up dominates at tiny scale).
+Invariant: each returned folder holds a complete ``save_pretrained`` model and tokenizer, or does not exist.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from baldro_ray.config import FinetuneConfig
+from baldro_ray.data.render import PromptTemplate
+
+
+def _train_one(model: Any, shard: Any, pad_token_id: int, settings: FinetuneConfig, steps_per_epoch: int) -> float:
+    import ray.train.torch
+
+    from baldro_ray.objectives import retain_nll
+    from baldro_ray.train.common import build_optimizer, build_scheduler, iter_padded_batches
+
+    rank = ray.train.get_context().get_world_rank()
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
+    warmup = round(settings.warmup_epochs * steps_per_epoch)
+    scheduler = build_scheduler(optimizer, warmup, settings.epochs * steps_per_epoch, "linear")
+    device = ray.train.torch.get_device()
+    mean_loss = math.nan
+    for epoch in range(settings.epochs):
+        total, steps = 0.0, 0
+        seed = settings.seed * 100_003 + epoch * 1_009 + rank
+        for batch in iter_padded_batches(shard, settings.per_device_batch_size, pad_token_id, seed):
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            loss = retain_nll(logits.logits, batch["labels"].to(device))
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += float(loss)
+            steps += 1
+        mean_loss = total / max(steps, 1)
+    return mean_loss
+
+
+def finetune_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker: for each job, a fresh copy of the base model trained on the job's dataset shard
+    (token-mean answer NLL, AdamW, linear warm-up and decay, DDP); rank 0 saves every model in one checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    from baldro_ray.models.tiny import load_model
+    from baldro_ray.train.common import seed_everything, set_worker_threads, unwrap
+
+    settings = FinetuneConfig.model_validate(config["settings"])
+    rank = ray.train.get_context().get_world_rank()
+    set_worker_threads(settings.cpus_per_worker)
+    metrics: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as out:
+        for job in config["jobs"]:
+            seed_everything(settings.seed, rank)
+            model, tokenizer = load_model(config["base_model"])
+            model = ray.train.torch.prepare_model(model)
+            shard = ray.train.get_dataset_shard(job)
+            metrics[f"{job}/train_loss"] = _train_one(
+                model, shard, tokenizer.pad_token_id, settings, config["steps_per_epoch"][job]
+            )
+            if rank == 0:
+                unwrap(model).save_pretrained(Path(out) / job)
+                tokenizer.save_pretrained(Path(out) / job)
+        checkpoint = ray.train.Checkpoint.from_directory(out) if rank == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def run_finetune(
+    jobs: Mapping[str, Sequence[Mapping[str, Any]]],
+    base_model: Path,
+    template: PromptTemplate,
+    settings: FinetuneConfig,
+    out_dirs: Mapping[str, Path],
+    storage_path: Path,
+    run_name: str,
+) -> dict[str, Path]:
+    """Fine-tune ``base_model`` on each job's rows with ``settings.num_workers`` Ray Train workers in one run;
+    job ``j``'s model lands in ``out_dirs[j]`` (renamed into place from a staging folder)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from baldro_ray.cluster import worker_env
+    from baldro_ray.data.pipeline import qa_dataset
+
+    steps_per_epoch = {}
+    for job, rows in jobs.items():
+        per_worker = len(rows) // settings.num_workers
+        if per_worker == 0:
+            raise ValueError(f"{job}: {len(rows)} rows cannot be split across {settings.num_workers} workers")
+        steps_per_epoch[job] = math.ceil(per_worker / settings.per_device_batch_size)
+    datasets = {job: qa_dataset(rows, str(base_model), template, settings.max_length, job) for job, rows in jobs.items()}
+    trainer = TorchTrainer(
+        finetune_loop,
+        train_loop_config={
+            "settings": settings.model_dump(),
+            "base_model": str(base_model),
+            "jobs": list(jobs),
+            "steps_per_epoch": steps_per_epoch,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=settings.num_workers,
+            use_gpu=settings.use_gpu,
+            resources_per_worker={"CPU": settings.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name, storage_path=str(storage_path), worker_runtime_env={"env_vars": worker_env()}
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"fine-tuning run {run_name} ended without a checkpoint: {result.error}")
+    staging = Path(tempfile.mkdtemp(dir=storage_path, prefix=f".{run_name}-"))
+    try:
+        result.checkpoint.to_directory(str(staging))
+        for job, out_dir in out_dirs.items():
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            (staging / job).replace(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dict(out_dirs)
