@@ -28,7 +28,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate the embedded benchmark and fine-tune (or reuse) its tiny target and retain models on Ray",
     )
     _add_config_arguments(finetune)
+    unlearn = commands.add_parser("unlearn", help="run BalDRO unlearning on Ray Train (DDP or DeepSpeed)")
+    _add_config_arguments(unlearn)
+    unlearn.add_argument("--name", help="run name (folder under output_dir); default: method-dro-timestamp")
     return parser
+
+
+def _unlearn(config_path: str | None, overrides: Sequence[str], name: str | None) -> None:
+    from baldro_ray.cluster import ensure_ray
+    from baldro_ray.unlearn import resolve_run, run_unlearn
+
+    config = load_config(config_path, overrides)
+    if config.data.source == "synthetic":
+        ensure_ray()  # the embedded models may have to be fine-tuned first
+    run = resolve_run(config, name)
+    ensure_ray()
+    outcome = run_unlearn(run)
+    metrics = outcome.metrics
+    print(
+        f"done in {outcome.seconds:.1f} s: loss {metrics.get('train/loss', float('nan')):.4f}, "
+        f"forget {metrics.get('train/forget_loss', float('nan')):.4f}, DRO ESS {metrics.get('train/dro_ess', float('nan')):.2f}\n"
+        f"model:      {outcome.model_dir}\ntrajectory: {outcome.trajectory}\nconfig:     {outcome.output_dir / 'config.yaml'}"
+    )
 
 
 def _finetune(config_path: str | None, overrides: Sequence[str]) -> None:
@@ -57,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(dump_config(load_config(args.config, args.overrides)), end="")
         elif args.command == "finetune":
             _finetune(args.config, args.overrides)
+        elif args.command == "unlearn":
+            _unlearn(args.config, args.overrides, args.name)
     except ConfigError as err:
         print(f"baldro-ray: error: {err}", file=sys.stderr)
         return 2

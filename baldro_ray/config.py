@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from baldro_ray.data.render import TEMPLATES, PromptTemplate, resolve_template
 from baldro_ray.data.synthetic import SyntheticConfig
 from baldro_ray.models.tiny import TinyModelSpec
 from baldro_ray.objectives import FORGET_LOSSES, get_forget_loss
@@ -100,11 +101,52 @@ class DataConfig(_Section):
     holdout_split: str = "holdout10"
 
 
+class PromptTagsConfig(_Section):
+    """Explicit prompt tags (open-unlearning's template fields)."""
+
+    user_start: str = ""
+    user_end: str = ""
+    assistant_start: str = ""
+    assistant_end: str = ""
+
+
 class ModelConfig(_Section):
     """The model to unlearn (a local folder saved with save_pretrained, or a Hugging Face name)."""
 
     name_or_path: str = "tiny"
     tokenizer: str | None = Field(default=None, description="defaults to name_or_path")
+    template: str | PromptTagsConfig = Field(
+        default="tiny",
+        description="prompt template: tiny | llama2-chat | plain | chat_template (the tokenizer's), or explicit tags",
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str | PromptTagsConfig) -> str | PromptTagsConfig:
+        if isinstance(value, str) and value not in TEMPLATES:
+            raise ValueError(f"unknown template {value!r}; expected one of {sorted(TEMPLATES)} or a mapping of tags")
+        return value
+
+    def prompt_template(self) -> PromptTemplate:
+        """The resolved :class:`PromptTemplate`."""
+        return resolve_template(self.template if isinstance(self.template, str) else self.template.model_dump())
+
+
+class DeepSpeedSection(_Section):
+    """DeepSpeed ZeRO settings; ``zero_stage: null`` trains with plain DDP."""
+
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    offload_optimizer: bool = False
+    offload_param: bool = Field(default=False, description="ZeRO-3 only")
+    bf16: bool = False
+
+    @model_validator(mode="after")
+    def _offload_needs_stage(self) -> DeepSpeedSection:
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError(f"offload_param needs zero_stage 3; got zero_stage={self.zero_stage}")
+        if self.offload_optimizer and not self.zero_stage:
+            raise ValueError(f"offload_optimizer needs zero_stage >= 1; got zero_stage={self.zero_stage}")
+        return self
 
 
 class TrainerConfig(_Section):
@@ -120,7 +162,14 @@ class TrainerConfig(_Section):
     seed: int = Field(default=0, ge=0)
     max_length: int = Field(default=512, ge=8)
     num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
     use_gpu: bool = False
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    max_failures: int = Field(default=0, ge=0, description="Ray Train restarts from the last epoch checkpoint")
+    dtype: Literal["float32", "bfloat16", "float64"] | None = Field(
+        default=None, description="weights dtype; null keeps the checkpoint's"
+    )
+    gradient_clipping: float | None = Field(default=None, gt=0)
 
 
 class FinetuneConfig(_Section):

@@ -93,3 +93,39 @@ def qa_dataset(
     if failed:
         raise EncodingError(failed[0][_ERROR_COLUMN])
     return dataset.drop_columns([_ERROR_COLUMN]).materialize()
+
+
+class _ReferenceScorer:
+    """Ray Data actor: the frozen reference model, loaded once per actor, scoring padded batches without grad."""
+
+    def __init__(self, model_path: str, dtype: str | None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {} if dtype is None else {"dtype": getattr(torch, dtype)}
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).eval()
+        self.pad_token_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from baldro_ray.data.render import pad_batch
+        from baldro_ray.eval.scoring import score_batch
+
+        padded = pad_batch({"input_ids": batch["input_ids"], "labels": batch["labels"]}, self.pad_token_id)
+        nll_sum, _ = score_batch(self.model, padded)
+        return {**batch, "ref_nll_sum": nll_sum.double().numpy()}
+
+
+def score_reference(dataset: Any, model_path: str, dtype: str | None = None, batch_size: int = 16) -> Any:
+    """Add ``ref_nll_sum`` (the reference model's summed answer NLL) to every row, once, before training.
+
+    The reference model of NPO is the model before unlearning and the forget rows never change, so this replaces
+    the reference forward pass the original implementation runs at every step.
+    """
+    return dataset.map_batches(
+        _ReferenceScorer,
+        fn_constructor_kwargs={"model_path": model_path, "dtype": dtype},
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=1,
+        num_cpus=1,
+    ).materialize()

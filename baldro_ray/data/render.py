@@ -20,12 +20,13 @@ from baldro_ray.objectives.nll import IGNORE_INDEX
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """The four tags around a question and its answer."""
+    """The four tags around a question and its answer, or (``chat_template=True``) the tokenizer's chat template."""
 
     user_start: str = ""
     user_end: str = ""
     assistant_start: str = ""
     assistant_end: str = ""
+    chat_template: bool = False
 
     def prompt(self, question: str) -> str:
         return f"{self.user_start}{question}{self.user_end}{self.assistant_start}"
@@ -33,15 +34,34 @@ class PromptTemplate:
     def full(self, question: str, answer: str) -> str:
         return f"{self.prompt(question)}{answer}{self.assistant_end}"
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def texts(self, tokenizer: Any, question: str, answer: str) -> tuple[str, str, bool]:
+        """``(prompt_text, full_text, add_special_tokens)``; chat templates bring their own special tokens."""
+        if not self.chat_template:
+            return self.prompt(question), self.full(question, answer), True
+        user = {"role": "user", "content": question}
+        prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([user, {"role": "assistant", "content": answer}], tokenize=False)
+        return prompt, full, False
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
     "llama2-chat": PromptTemplate("[INST] ", " [/INST]", "", " "),
     "tiny": PromptTemplate(**TINY_TEMPLATE),
     "plain": PromptTemplate("Question: ", "\n", "Answer: ", ""),
+    "chat_template": PromptTemplate(chat_template=True),
 }
+
+
+def resolve_template(value: str | Mapping[str, Any]) -> PromptTemplate:
+    """A template by name (``TEMPLATES``) or from explicit tags (``user_start``, ``user_end``, ...)."""
+    if isinstance(value, str):
+        if value not in TEMPLATES:
+            raise ValueError(f"unknown prompt template {value!r}; expected one of {sorted(TEMPLATES)} or a mapping of tags")
+        return TEMPLATES[value]
+    return PromptTemplate(**value)
 
 
 class EncodingError(ValueError):
@@ -55,8 +75,9 @@ def encode_qa(
 
     Raises :class:`EncodingError` when no answer token survives (empty answer, or a prompt of ``max_length`` tokens).
     """
-    full_ids = list(tokenizer(template.full(question, answer), add_special_tokens=True)["input_ids"])
-    prompt_len = len(tokenizer(template.prompt(question), add_special_tokens=True)["input_ids"])
+    prompt_text, full_text, special = template.texts(tokenizer, question, answer)
+    full_ids = list(tokenizer(full_text, add_special_tokens=special)["input_ids"])
+    prompt_len = len(tokenizer(prompt_text, add_special_tokens=special)["input_ids"])
     eos = tokenizer.eos_token_id
     if eos is not None and (not full_ids or full_ids[-1] != eos):
         full_ids.append(eos)
@@ -96,7 +117,7 @@ def pad_batch(batch: Mapping[str, Any], pad_token_id: int) -> dict[str, torch.Te
     labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, (seq, lab) in enumerate(zip(ids, batch["labels"])):
-        input_ids[row, : len(seq)] = torch.from_numpy(seq)
+        input_ids[row, : len(seq)] = torch.as_tensor(seq)
         labels[row, : len(seq)] = torch.as_tensor(np.asarray(lab, dtype=np.int64))
         attention_mask[row, : len(seq)] = 1
     out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -28,7 +28,7 @@ from baldro_ray.objectives.registry import (
     sample_weights,
     unit_weights,
 )
-from baldro_ray.objectives.retain import RETAIN_REDUCTIONS, reduce_retain_nll, retain_kl, retain_nll
+from baldro_ray.objectives.retain import RETAIN_REDUCTIONS, kl_per_position, reduce_retain_nll, retain_kl, retain_nll
 
 __all__ = [
     "AGGREGATIONS",
@@ -51,6 +51,7 @@ __all__ = [
     "group_size",
     "group_weights",
     "is_mean_temperature",
+    "kl_per_position",
     "npo_loss",
     "reduce_retain_nll",
     "register_forget_loss",

@@ -37,14 +37,13 @@ def retain_nll(
     return reduce_retain_nll(nll_sum, n_tokens, reduction)
 
 
-def retain_kl(
+def kl_per_position(
     logits: Tensor, ref_logits: Tensor, labels: Tensor | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
 ) -> Tensor:
-    """Mean over positions of ``KL(p_ref || p_theta)`` of the next-token distributions, accumulated in float32.
+    """``KL(p_ref || p_theta)`` of the next-token distribution at each position, accumulated in float32.
 
-    With ``labels``, the positions are those that predict a labelled token (the answer); with ``labels=None`` every
-    position counts, padding and prompt included, which is what open-unlearning's ``compute_kl_divergence`` does.
-    ``ref_logits`` is treated as a constant.
+    With ``labels``, the positions are those that predict a labelled token (the answer), in row-major order; with
+    ``labels=None`` every position counts. ``ref_logits`` is treated as a constant.
     """
     if logits.shape != ref_logits.shape:
         raise ValueError(f"logits shape {tuple(logits.shape)} does not match ref_logits shape {tuple(ref_logits.shape)}")
@@ -55,13 +54,22 @@ def retain_kl(
     else:
         check_logits_labels(logits, labels)
         rows, cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            raise ValueError("the retain batch has no labelled token: KL over answer positions is undefined")
     acc_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    total = logits.new_zeros((), dtype=acc_dtype)
+    pieces = []
     for start in range(0, rows.numel(), chunk_tokens):
         r, c = rows[start : start + chunk_tokens], cols[start : start + chunk_tokens]
         log_p = torch.log_softmax(logits[r, c].to(acc_dtype), dim=-1)
         log_q = torch.log_softmax(ref_logits[r, c].detach().to(acc_dtype), dim=-1)
-        total = total + (log_q.exp() * (log_q - log_p)).sum()
-    return total / rows.numel()
+        pieces.append((log_q.exp() * (log_q - log_p)).sum(-1))
+    return torch.cat(pieces) if pieces else logits.new_zeros(0, dtype=acc_dtype)
+
+
+def retain_kl(
+    logits: Tensor, ref_logits: Tensor, labels: Tensor | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> Tensor:
+    """Mean over positions of :func:`kl_per_position`: over answer positions with ``labels``, over every position
+    (padding and prompt included, as open-unlearning's ``compute_kl_divergence``) with ``labels=None``."""
+    values = kl_per_position(logits, ref_logits, labels, chunk_tokens)
+    if values.numel() == 0:
+        raise ValueError("the retain batch has no labelled token: KL over answer positions is undefined")
+    return values.mean()

@@ -1,0 +1,330 @@
+"""One BalDRO optimizer step over data-parallel ranks with exact global (or per-micro-batch) DRO aggregation.
+
+The objective of a step is ``L = mean over DRO groups g of (gamma * F_g + alpha * R_g)``: one group for
+``scope=global`` (the whole global batch of all ranks and micro-steps), one per (micro-step, rank) for ``local``
+(the reference's behaviour). ``F_g`` aggregates the forget units of the group (mean, BalDRO-G, BalDRO-DV) and
+``R_g`` is the retain loss of the group. Ranks exchange only per-unit scalars (all-gather), every rank computes the
+same weights from them, and back-propagates the surrogate ``W/n_groups * sum_u (gamma w_u l_u + alpha v_u r_u)``
+over its own units; data-parallel gradient averaging then yields exactly ``grad L``. Positions, not ranks, order the
+gathered values, so the update does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from baldro_ray.objectives import (
+    IGNORE_INDEX,
+    ForgetBatch,
+    aggregate_units,
+    dro_weights,
+    dv_aggregate,
+    g_hardness,
+    get_forget_loss,
+    group_select,
+    kl_per_position,
+    token_nll,
+    unit_weights,
+)
+from baldro_ray.train.layout import StepLayout
+
+
+class Exchange(Protocol):
+    """The all-gather a step needs (``torch.distributed`` across ranks, or a single process)."""
+
+    rank: int
+    world_size: int
+
+    def all_gather_object(self, obj: Any) -> list[Any]: ...
+
+
+class TorchDistributedExchange:
+    """All-gather of small Python objects over the default ``torch.distributed`` process group."""
+
+    def __init__(self) -> None:
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+class SingleProcessExchange:
+    """The exchange of a one-rank run."""
+
+    rank = 0
+    world_size = 1
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """The method, as the step needs it."""
+
+    forget_loss: str
+    hyperparameters: dict[str, float]
+    aggregation: str
+    temperature: float | None
+    sampling_ratio: float
+    scope: str
+    gamma: float
+    alpha: float
+    retain_loss_type: str | None  # None: forget-only method (GA)
+    retain_reduction: str
+    retain_dro: bool
+    seed: int
+
+
+@dataclass
+class MicroBatch:
+    """The local rows of one micro-step: padded forget and retain tensors and their positions in the step.
+
+    A retain row's position is that of its forget partner; BalDRO-G may keep a retain row whose partner it dropped.
+    """
+
+    forget: dict[str, Tensor]
+    forget_positions: np.ndarray
+    retain: dict[str, Tensor] | None = None
+    retain_positions: np.ndarray | None = None
+
+    def restrict(self, forget_keep: set[int], retain_keep: set[int]) -> MicroBatch:
+        f = np.isin(self.forget_positions, sorted(forget_keep))
+        if self.retain is None or self.retain_positions is None:
+            return MicroBatch(_rows(self.forget, f), self.forget_positions[f])
+        r = np.isin(self.retain_positions, sorted(retain_keep))
+        return MicroBatch(_rows(self.forget, f), self.forget_positions[f], _rows(self.retain, r), self.retain_positions[r])
+
+
+@dataclass
+class StepResult:
+    """Values of the step's objective and per-sample telemetry (identical on every rank)."""
+
+    loss: float
+    forget_loss: float
+    retain_loss: float
+    sample_weights: dict[int, float]  # forget position -> weight of the sample in the step (sums to 1)
+    samples: dict[int, dict[str, Any]]  # forget position -> row, avg_nll, loss (mean of its units; nan if unscored)
+
+
+def _rows(batch: dict[str, Tensor], keep: np.ndarray) -> dict[str, Tensor]:
+    index = torch.from_numpy(np.flatnonzero(keep))
+    return {key: value[index] for key, value in batch.items()}
+
+
+def _pad_to(t: Tensor, width: int, value: int) -> Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+
+def _forward(model: Callable[..., Any], batches: Sequence[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """``(logits, labels)`` of several padded batches from one forward pass (right-padded to a common width)."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    input_ids = torch.cat([_pad_to(b["input_ids"], width, 0) for b in batches])
+    mask = torch.cat([_pad_to(b["attention_mask"], width, 0) for b in batches])
+    logits = model(input_ids=input_ids, attention_mask=mask).logits
+    parts = logits.split([b["input_ids"].shape[0] for b in batches])
+    return [(part, _pad_to(b["labels"], width, IGNORE_INDEX)) for part, b in zip(parts, batches)]
+
+
+def _non_empty(micro: MicroBatch) -> list[dict[str, Tensor]]:
+    batches = [micro.forget] if len(micro.forget_positions) else []
+    if micro.retain is not None and micro.retain_positions is not None and len(micro.retain_positions):
+        batches.append(micro.retain)
+    return batches
+
+
+class _Units:
+    """Forget and retain units of one micro-batch, with the local row each unit belongs to."""
+
+    def __init__(
+        self, cfg: StepConfig, micro: MicroBatch, model: Callable[..., Any], ref_model: Callable[..., Any] | None
+    ) -> None:
+        batches = _non_empty(micro)
+        outputs = _forward(model, batches) if batches else []
+        self.forget = self.retain = None
+        if len(micro.forget_positions):
+            logits, labels = outputs.pop(0)
+            tokens = token_nll(logits, labels)
+            spec = get_forget_loss(cfg.forget_loss)
+            batch = ForgetBatch(tokens, micro.forget.get("ref_nll_sum"))
+            self.forget, self.forget_row = spec.units(batch, cfg.hyperparameters), spec.unit_sample_index(batch)
+            nll_sum, n_tokens = tokens.per_sequence()
+            self.avg_nll = (nll_sum.detach() / n_tokens.clamp(min=1)).double()
+        if outputs and cfg.retain_loss_type is not None:
+            logits, labels = outputs.pop(0)
+            if cfg.retain_loss_type == "KL":
+                with torch.no_grad():
+                    (ref_logits, _), = _forward(ref_model, [micro.retain])
+                self.retain = kl_per_position(logits, _pad_to_width(ref_logits, logits.shape[1]), labels)
+                self.retain_row = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+            else:
+                tokens = token_nll(logits, labels)
+                if cfg.retain_reduction == "sequence_sum_mean" or cfg.retain_dro:
+                    self.retain, self.retain_row = tokens.per_sequence()[0], torch.arange(labels.shape[0])
+                else:
+                    self.retain, self.retain_row = tokens.values, tokens.sample_index
+
+    def payload(self, micro: MicroBatch) -> dict[str, dict[int, Any]]:
+        """Detached unit values keyed by position: what the other ranks need to compute the weights."""
+        forget, retain = {}, {}
+        if self.forget is not None:
+            for i, position in enumerate(micro.forget_positions.tolist()):
+                forget[position] = {
+                    "row": int(micro.forget["index"][i]),
+                    "avg_nll": float(self.avg_nll[i]),
+                    "units": self.forget.detach()[self.forget_row == i].double().cpu(),
+                }
+        if self.retain is not None and micro.retain_positions is not None:
+            for i, position in enumerate(micro.retain_positions.tolist()):
+                retain[position] = self.retain.detach()[self.retain_row == i].double().cpu()
+        return {"forget": forget, "retain": retain}
+
+
+def _pad_to_width(logits: Tensor, width: int) -> Tensor:
+    return torch.nn.functional.pad(logits, (0, 0, 0, width - logits.shape[1]))
+
+
+def _select_group(
+    model: Callable[..., Any],
+    micro_batches: list[MicroBatch],
+    cfg: StepConfig,
+    layout: StepLayout,
+    exchange: Exchange,
+    step_id: int,
+) -> list[MicroBatch]:
+    """BalDRO-G: score hardness without gradients, keep the top-k of each DRO group over all ranks, and cut each
+    group's retain rows to ``min(k, n)`` drawn uniformly at random (seeded by seed, step and group)."""
+    local: dict[int, float] = {}
+    with torch.no_grad():
+        for micro in micro_batches:
+            ((logits, labels),) = _forward(model, [micro.forget])
+            local.update(zip(micro.forget_positions.tolist(), g_hardness(token_nll(logits, labels)).double().tolist()))
+    hardness = {p: h for part in exchange.all_gather_object(local) for p, h in part.items()}
+    groups: dict[int, list[int]] = defaultdict(list)
+    for position in sorted(hardness):
+        groups[layout.scope_group(position, cfg.scope)].append(position)
+    forget_keep: set[int] = set()
+    retain_keep: set[int] = set()
+    for group, positions in groups.items():
+        chosen = group_select(torch.tensor([hardness[p] for p in positions], dtype=torch.float64), cfg.sampling_ratio)
+        forget_keep.update(positions[i] for i in chosen.tolist())
+        rng = np.random.default_rng([cfg.seed, step_id, group])
+        retain_keep.update(int(p) for p in rng.choice(positions, size=len(chosen), replace=False))
+    return [micro.restrict(forget_keep, retain_keep) for micro in micro_batches]
+
+
+def _group_weights(
+    gathered: dict[int, Tensor], layout: StepLayout, scope: str, weigh: Callable[[Tensor], Tensor]
+) -> dict[int, Tensor]:
+    """Per position, the weights of its units within its DRO group (summing to 1 over each group)."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for position in sorted(gathered):
+        groups[layout.scope_group(position, scope)].append(position)
+    weights: dict[int, Tensor] = {}
+    for positions in groups.values():
+        values = torch.cat([gathered[p] for p in positions])
+        w = weigh(values) if values.numel() else values
+        for position, part in zip(positions, w.split([gathered[p].numel() for p in positions])):
+            weights[position] = part
+    return weights
+
+
+def _aligned(values: Tensor, rows: Tensor, positions: np.ndarray, weights: dict[int, Tensor]) -> Tensor:
+    """The weights of ``values`` (units of local rows ``rows``), in unit order."""
+    out = torch.zeros(values.shape, dtype=torch.float64)
+    for i, position in enumerate(positions.tolist()):
+        out[(rows == i).cpu()] = weights[position]
+    return out.to(device=values.device, dtype=values.dtype)
+
+
+def _surrogate(
+    units: _Units, micro: MicroBatch, forget_w: dict[int, Tensor], retain_w: dict[int, Tensor], cfg: StepConfig
+) -> Tensor | None:
+    """``gamma * sum w_u l_u + alpha * sum v_u r_u`` over this micro-batch's units (None when it has none)."""
+    terms = []
+    if units.forget is not None:
+        terms.append(cfg.gamma * (_aligned(units.forget, units.forget_row, micro.forget_positions, forget_w) * units.forget).sum())
+    if units.retain is not None and micro.retain_positions is not None:
+        v = _aligned(units.retain, units.retain_row, micro.retain_positions, retain_w)
+        terms.append(cfg.alpha * (v * units.retain).sum())
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def _group_values(
+    gathered: dict[int, Tensor], layout: StepLayout, scope: str, aggregate: Callable[[Tensor], Tensor]
+) -> list[float]:
+    groups: dict[int, list[Tensor]] = defaultdict(list)
+    for position in sorted(gathered):
+        groups[layout.scope_group(position, scope)].append(gathered[position])
+    return [float(aggregate(torch.cat(parts))) for parts in groups.values() if sum(p.numel() for p in parts)]
+
+
+def run_step(
+    model: Callable[..., Any],
+    backward: Callable[[Tensor], None],
+    micro_batches: list[MicroBatch],
+    cfg: StepConfig,
+    layout: StepLayout,
+    exchange: Exchange,
+    step_id: int,
+    ref_model: Callable[..., Any] | None = None,
+) -> StepResult:
+    """Forward, exchange, weigh and back-propagate one optimizer step; the caller then steps the optimizer.
+
+    ``backward`` must accumulate the gradient of its argument averaged over ranks (DDP semantics).
+    """
+    gathered_positions = exchange.all_gather_object([int(p) for m in micro_batches for p in m.forget_positions])
+    all_positions = sorted(p for part in gathered_positions for p in part)
+    n_groups = layout.num_groups(len(all_positions), cfg.scope)
+    samples: dict[int, dict[str, Any]] = {p: {"row": None, "avg_nll": float("nan"), "loss": float("nan")} for p in all_positions}
+    work = micro_batches
+    if cfg.aggregation == "group":
+        work = _select_group(model, micro_batches, cfg, layout, exchange, step_id)
+    keep_graph = len(work) == 1
+    with torch.enable_grad() if keep_graph else torch.no_grad():
+        units = [_Units(cfg, micro, model, ref_model) for micro in work]
+    local: dict[str, dict[int, Any]] = {"forget": {}, "retain": {}}
+    for unit, micro in zip(units, work):
+        payload = unit.payload(micro)
+        local["forget"].update(payload["forget"])
+        local["retain"].update(payload["retain"])
+    forget_data: dict[int, Any] = {}
+    retain_units: dict[int, Tensor] = {}
+    for part in exchange.all_gather_object(local):
+        forget_data.update(part["forget"])
+        retain_units.update(part["retain"])
+    forget_units = {p: v["units"] for p, v in forget_data.items()}
+
+    temperature = cfg.temperature if cfg.aggregation == "dv" else None
+    retain_temperature = cfg.temperature if cfg.retain_dro else None
+    forget_w = _group_weights(forget_units, layout, cfg.scope, lambda v: unit_weights(v, cfg.aggregation, temperature))
+    retain_w = _group_weights(retain_units, layout, cfg.scope, lambda v: dro_weights(v, retain_temperature))
+
+    scale = exchange.world_size / n_groups
+    for index, micro in enumerate(work):
+        unit = units[index] if keep_graph else _Units(cfg, micro, model, ref_model)
+        surrogate = _surrogate(unit, micro, forget_w, retain_w, cfg)
+        if surrogate is None:  # selection left this rank nothing: a zero-gradient pass keeps collectives aligned
+            ((logits, _),) = _forward(model, [micro_batches[index].forget])
+            surrogate = logits.sum() * 0.0
+        backward(surrogate * scale)
+
+    forget_values = _group_values(forget_units, layout, cfg.scope, lambda v: aggregate_units(v, cfg.aggregation, temperature))
+    retain_values = _group_values(retain_units, layout, cfg.scope, lambda v: dv_aggregate(v, retain_temperature))
+    forget_value = sum(forget_values) / n_groups
+    retain_value = sum(retain_values) / n_groups if cfg.retain_loss_type else 0.0
+    for p, v in forget_data.items():
+        samples[p] = {"row": v["row"], "avg_nll": v["avg_nll"], "loss": float(v["units"].mean())}
+    weights = {p: float(forget_w[p].sum()) / n_groups if p in forget_w else 0.0 for p in all_positions}
+    loss = cfg.gamma * forget_value + (cfg.alpha * retain_value if cfg.retain_loss_type else 0.0)
+    return StepResult(loss, forget_value, retain_value, weights, samples)

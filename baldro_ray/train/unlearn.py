@@ -1,0 +1,176 @@
+"""The Ray Train worker loop of an unlearning run.
+
+Each worker holds the (small) forget and retain sets in memory, takes its rows of every global batch from the
+seeded layout (:mod:`baldro_ray.train.layout`), runs :func:`~baldro_ray.train.step.run_step` under DDP or DeepSpeed,
+and at each epoch end reports a Ray Train checkpoint (resumable state; at the last epoch also the consolidated
+model and the trajectory table). A restarted worker resumes from the last checkpoint and, since the data order is
+a function of (seed, epoch), ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from baldro_ray.config import RunConfig
+from baldro_ray.data.render import pad_batch
+from baldro_ray.objectives import get_forget_loss
+from baldro_ray.train.layout import StepLayout, epoch_orders, step_rows
+from baldro_ray.train.step import MicroBatch, StepConfig, TorchDistributedExchange, run_step
+from baldro_ray.train.telemetry import Telemetry, format_progress
+
+STATE_DIR = "state"
+MODEL_DIR = "model"
+TRAJECTORY_FILE = "trajectory.parquet"
+
+
+def step_config(run: RunConfig) -> StepConfig:
+    """The method settings one step needs."""
+    method = run.method
+    spec = get_forget_loss(method.name)
+    return StepConfig(
+        forget_loss=method.name,
+        hyperparameters=method.hyperparameters(),
+        aggregation=method.dro.type,
+        temperature=method.dro.temperature,
+        sampling_ratio=method.dro.sampling_ratio,
+        scope=method.dro.scope,
+        gamma=method.gamma,
+        alpha=method.alpha,
+        retain_loss_type=method.retain_loss_type if spec.uses_retain else None,
+        retain_reduction=method.retain_reduction,
+        retain_dro=method.dro.retain_dro,
+        seed=run.trainer.seed,
+    )
+
+
+def _load_rows(name: str) -> list[dict[str, Any]]:
+    import ray.train
+
+    rows = list(ray.train.get_dataset_shard(name).iter_rows())
+    return sorted(rows, key=lambda row: int(row["index"]))
+
+
+def _collate(rows: list[dict[str, Any]], ids: np.ndarray, pad_token_id: int, columns: tuple[str, ...]) -> dict:
+    picked = [rows[i] for i in ids.tolist()]
+    return pad_batch({c: [row[c] for row in picked] for c in columns}, pad_token_id)
+
+
+def _micro_batches(
+    forget: list[dict[str, Any]], retain: list[dict[str, Any]], forget_ids: np.ndarray, retain_ids: np.ndarray,
+    layout: StepLayout, rank: int, pad_token_id: int, forget_columns: tuple[str, ...],
+) -> list[MicroBatch]:
+    """This rank's micro-batches of one step; an empty one carries one dummy row so collectives stay aligned."""
+    batches = []
+    for micro in range(layout.accumulation):
+        positions = layout.local_positions(len(forget_ids), micro, rank)
+        rows = forget_ids[positions] if len(positions) else forget_ids[:1]
+        forget_batch = _collate(forget, rows, pad_token_id, forget_columns)
+        retain_batch = None
+        if retain and len(positions):
+            retain_batch = _collate(retain, retain_ids[positions], pad_token_id, ("input_ids", "labels", "index"))
+        batches.append(MicroBatch(forget_batch, positions, retain_batch, positions if retain_batch else None))
+    return batches
+
+
+def unlearn_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point; ``config`` holds the resolved run config and the model path."""
+    import ray.train
+    import ray.train.torch
+
+    from baldro_ray.train.backend import BackendSpec, build_backend
+    from baldro_ray.train.common import build_scheduler, seed_everything, set_worker_threads
+
+    run = RunConfig.model_validate(config["run"])
+    trainer = run.trainer
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    set_worker_threads(trainer.cpus_per_worker)
+    seed_everything(trainer.seed, rank)
+    cfg = step_config(run)
+    forget, retain = _load_rows("forget"), _load_rows("retain") if cfg.retain_loss_type else []
+    layout = StepLayout(world, trainer.per_device_batch_size, trainer.gradient_accumulation_steps)
+    steps = layout.steps_per_epoch(len(forget))
+    dtype = None if trainer.dtype is None else getattr(torch, trainer.dtype)
+    ds = trainer.deepspeed
+    spec = BackendSpec(ds.zero_stage, ds.offload_optimizer, ds.offload_param, ds.bf16,
+                       trainer.gradient_accumulation_steps, trainer.per_device_batch_size, trainer.gradient_clipping)
+    model_path = config["model_path"]
+    tokenizer = _tokenizer(model_path)
+    backend = build_backend(
+        spec,
+        lambda: _model(model_path, dtype),
+        trainer.lr,
+        trainer.weight_decay,
+        lambda opt: build_scheduler(opt, round(trainer.warmup_epochs * steps), trainer.epochs * steps, trainer.schedule),
+    )
+    ref_model = _model(model_path, dtype).eval().requires_grad_(False) if cfg.retain_loss_type == "KL" else None
+    if ref_model is not None:
+        ref_model.to(ray.train.torch.get_device())
+    telemetry, start_epoch = Telemetry(), 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = backend.load_checkpoint(Path(directory) / STATE_DIR)
+            telemetry = Telemetry.read(Path(directory) / TRAJECTORY_FILE) if rank == 0 else telemetry
+        start_epoch = state["epoch"]
+        torch.set_rng_state(state["torch_rng"][rank])
+    exchange = TorchDistributedExchange()
+    forget_columns = ("input_ids", "labels", "index") + (("ref_nll_sum",) if "ref_nll_sum" in forget[0] else ())
+    device = ray.train.torch.get_device()
+    for epoch in range(start_epoch, trainer.epochs):
+        forget_order, retain_order = epoch_orders(len(forget), len(retain), trainer.seed, epoch)
+        metrics: dict[str, float] = {}
+        for step in range(steps):
+            forget_ids, retain_ids = step_rows(forget_order, retain_order, layout, step)
+            micro = _micro_batches(forget, retain, forget_ids, retain_ids, layout, rank, tokenizer.pad_token_id, forget_columns)
+            for m in micro:
+                m.forget = {k: v.to(device) for k, v in m.forget.items()}
+                m.retain = None if m.retain is None else {k: v.to(device) for k, v in m.retain.items()}
+            global_step = epoch * steps + step
+            result = run_step(backend.model, backend.backward, micro, cfg, layout, exchange, global_step, ref_model)
+            lr = backend.lr()
+            backend.step()
+            metrics = telemetry.record(result, epoch + 1, global_step + 1, lr)
+        if rank == 0:
+            print(format_progress(epoch + 1, trainer.epochs, steps, steps, metrics), flush=True)
+        _report_epoch(backend, tokenizer, telemetry, metrics, epoch + 1, trainer.epochs, rank, world)
+
+
+def _report_epoch(
+    backend: Any, tokenizer: Any, telemetry: Telemetry, metrics: dict[str, float], epoch: int, epochs: int,
+    rank: int, world: int,
+) -> None:
+    """Every rank writes its part of the checkpoint (resumable state; the final model at the last epoch)."""
+    import ray.train
+
+    rng = [None] * world
+    torch.distributed.all_gather_object(rng, torch.get_rng_state())
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        backend.save_checkpoint(root / STATE_DIR, {"epoch": epoch, "torch_rng": rng})
+        if epoch == epochs:
+            backend.save_pretrained(root / MODEL_DIR, tokenizer)
+        if rank == 0:
+            telemetry.write(root / TRAJECTORY_FILE)
+        has_files = any(p.is_file() for p in root.rglob("*"))
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if has_files else None
+        ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)
+
+
+def _tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _model(path: str, dtype: torch.dtype | None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+

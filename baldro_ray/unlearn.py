@@ -1,0 +1,182 @@
+"""The driver of an unlearning run: resolve and validate everything, score the reference once, run Ray Train.
+
+Invariant: every problem a configuration can have (unknown method, bad ZeRO settings, batch larger than the forget
+set, missing model, tokenizer/model vocabulary mismatch, bad data files, forget/retain overlap) is raised by
+:func:`resolve_run` before a worker starts; the run's output folder is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from baldro_ray.config import ConfigError, RunConfig, dump_config
+from baldro_ray.objectives import get_forget_loss
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """Everything a run needs, checked."""
+
+    config: RunConfig
+    model_path: str
+    forget_rows: list[dict[str, Any]]
+    retain_rows: list[dict[str, Any]]
+    data_dir: Path | None
+    name: str
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir).expanduser().resolve() / self.name
+
+
+@dataclass(frozen=True)
+class UnlearnOutcome:
+    """Where a finished run put its model and records, and its last metrics."""
+
+    output_dir: Path
+    model_dir: Path
+    trajectory: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def _check_model(path: str) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not os.path.exists(path) and path.count("/") != 1:
+        raise ConfigError(f"model.name_or_path {path!r} does not exist (and is not an 'owner/name' hub id)")
+    try:
+        vocab = AutoConfig.from_pretrained(path).vocab_size
+        tokens = len(AutoTokenizer.from_pretrained(path))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path {path!r} cannot be loaded: {err}") from err
+    if tokens > vocab:
+        raise ConfigError(
+            f"the tokenizer of {path!r} has {tokens} tokens but the model's vocabulary has {vocab}: "
+            "they do not belong together"
+        )
+
+
+def resolve_run(config: RunConfig, name: str | None = None, log: Callable[[str], None] = print) -> ResolvedRun:
+    """Load data and model references and validate the whole run, before any worker starts."""
+    from baldro_ray.data.sources import build_source, check_disjoint
+    from baldro_ray.train.backend import BackendSpec, validate_deepspeed_config
+
+    ds, trainer = config.trainer.deepspeed, config.trainer
+    try:
+        validate_deepspeed_config(BackendSpec(ds.zero_stage, ds.offload_optimizer, ds.offload_param, ds.bf16))
+    except ValueError as err:
+        raise ConfigError(f"trainer.deepspeed: {err}") from None
+    data_dir: Path | None = None
+    model_path = config.model.name_or_path
+    if config.data.source == "synthetic":
+        from baldro_ray.embedded import prepare_embedded
+
+        assets = prepare_embedded(config.embedded, config.data.forget_split, log)
+        data_dir = assets.data_dir
+        source = build_source("synthetic", data_dir)
+        if model_path == "tiny":
+            model_path = str(assets.target_model)
+    else:
+        if config.data.location is None:
+            raise ConfigError(f"data.location is required for data.source={config.data.source!r}")
+        source = build_source(config.data.source, config.data.location)
+    if model_path == "tiny":
+        raise ConfigError("model.name_or_path 'tiny' is the embedded benchmark's model: it needs data.source=synthetic")
+    _check_model(model_path)
+    forget = source.load(config.data.forget_split)
+    uses_retain = get_forget_loss(config.method.name).uses_retain
+    retain = source.load(config.data.retain_split) if uses_retain else []
+    if retain:
+        check_disjoint(forget, retain, config.data.forget_split, config.data.retain_split)
+    per_step = trainer.per_device_batch_size * trainer.num_workers
+    if per_step > len(forget):
+        raise ConfigError(
+            f"trainer.per_device_batch_size={trainer.per_device_batch_size} x trainer.num_workers="
+            f"{trainer.num_workers} = {per_step} rows per micro-step, but the forget split "
+            f"{config.data.forget_split!r} has only {len(forget)} rows"
+        )
+    default_name = f"{config.method.name}-{config.method.dro.type}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return ResolvedRun(config, model_path, forget, retain, data_dir, name or default_name)
+
+
+def _forget_dataset(run: ResolvedRun) -> Any:
+    from baldro_ray.data.pipeline import qa_dataset, score_reference
+
+    config = run.config
+    dataset = qa_dataset(
+        run.forget_rows, run.model_path, config.model.prompt_template(), config.trainer.max_length,
+        config.data.forget_split,
+    )
+    if get_forget_loss(config.method.name).needs_reference:
+        dataset = score_reference(dataset, run.model_path, config.trainer.dtype)
+    return dataset
+
+
+def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> UnlearnOutcome:
+    """Score the reference once, train on Ray Train, and move the final model and records into place."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
+    from baldro_ray.cluster import worker_env
+    from baldro_ray.data.pipeline import qa_dataset
+    from baldro_ray.train.unlearn import MODEL_DIR, TRAJECTORY_FILE, unlearn_loop
+
+    config, out = run.config, run.output_dir
+    if out.exists():
+        raise ConfigError(f"output folder {out} already exists: choose another run name or remove it")
+    started = time.perf_counter()
+    datasets = {"forget": _forget_dataset(run)}
+    if run.retain_rows:
+        datasets["retain"] = qa_dataset(
+            run.retain_rows, run.model_path, config.model.prompt_template(), config.trainer.max_length,
+            config.data.retain_split,
+        )
+    storage = out.parent / ".ray" / run.name
+    trainer = TorchTrainer(
+        unlearn_loop,
+        train_loop_config={"run": config.model_dump(mode="json"), "model_path": run.model_path},
+        scaling_config=ScalingConfig(
+            num_workers=config.trainer.num_workers,
+            use_gpu=config.trainer.use_gpu,
+            resources_per_worker={"CPU": config.trainer.cpus_per_worker},
+        ),
+        run_config=RayRunConfig(
+            name=run.name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=config.trainer.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": worker_env()},
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"unlearning run {run.name} ended without a checkpoint: {result.error}")
+    seconds = time.perf_counter() - started
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{run.name}-"))
+    try:
+        with result.checkpoint.as_directory() as checkpoint:
+            shutil.copytree(Path(checkpoint) / MODEL_DIR, staging / MODEL_DIR)
+            shutil.copy2(Path(checkpoint) / TRAJECTORY_FILE, staging / TRAJECTORY_FILE)
+        (staging / CONFIG_FILE).write_text(dump_config(config))
+        summary = {"name": run.name, "model_path": run.model_path, "seconds": seconds, "metrics": metrics}
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        staging.replace(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"run {run.name}: model {out / MODEL_DIR}, trajectory {out / TRAJECTORY_FILE} ({seconds:.1f} s)")
+    return UnlearnOutcome(out, out / MODEL_DIR, out / TRAJECTORY_FILE, metrics, seconds)

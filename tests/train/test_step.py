@@ -1,0 +1,213 @@
+"""One BalDRO step against the objective written out directly in float64 (no Ray): every method and
+aggregation, gradient accumulation, and two ranks simulated by threads (a real all-gather between them)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from baldro_ray.data.render import TEMPLATES, encode_qa, pad_batch
+from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokenizer
+from baldro_ray.objectives import sequence_nll, token_nll
+from baldro_ray.train.layout import StepLayout
+from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig, run_step
+
+QA = [(f"What did author {i} write?", f"Author {i} wrote book number {i * 7} in {1900 + i}.") for i in range(16)]
+HP = {"beta": 0.1, "delta": 0.5, "beta1": 2.0, "beta2": 1.0}
+
+
+@pytest.fixture(scope="module")
+def setup() -> dict[str, Any]:
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer([f"{q} {a}" for q, a in QA] * 3, vocab_size=300)
+    spec = TinyModelSpec(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
+    model = build_tiny_llama(spec, tokenizer).double()
+    encoded = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 64) for q, a in QA]
+
+    def batch(ids: list[int]) -> dict[str, torch.Tensor]:
+        columns = {"input_ids": [encoded[i]["input_ids"] for i in ids], "labels": [encoded[i]["labels"] for i in ids]}
+        return pad_batch({**columns, "index": ids}, tokenizer.pad_token_id)
+
+    forget, retain = batch(list(range(8))), batch(list(range(8, 16)))
+    with torch.no_grad():
+        ref, _ = sequence_nll(model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits, forget["labels"])
+    forget["ref_nll_sum"] = ref + torch.linspace(-1, 2, 8, dtype=torch.float64)
+    ref_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref_model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return {"model": model, "ref_model": ref_model, "forget": forget, "retain": retain}
+
+
+def step_config(**kw: Any) -> StepConfig:
+    base = dict(
+        forget_loss="NPO", hyperparameters=HP, aggregation="mean", temperature=-1.0, sampling_ratio=0.5,
+        scope="global", gamma=1.0, alpha=1.0, retain_loss_type="NLL", retain_reduction="token_mean",
+        retain_dro=False, seed=0,
+    )
+    return StepConfig(**{**base, **kw})
+
+
+def logits_of(model, b):
+    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+
+
+def direct_objective(s: dict[str, Any], cfg: StepConfig, forget_ids: list[int], retain_ids: list[int]) -> torch.Tensor:
+    """The objective of the spec, written out for one group of samples."""
+    model, f, r = s["model"], s["forget"], s["retain"]
+    fi, ri = torch.tensor(forget_ids), torch.tensor(retain_ids)
+    fb = {k: v[fi] for k, v in f.items()}
+    tokens = token_nll(logits_of(model, fb), fb["labels"])
+    nll_sum, n = tokens.per_sequence()
+    if cfg.forget_loss == "NPO":
+        units = -(2 / HP["beta"]) * torch.nn.functional.logsigmoid(-HP["beta"] * (fb["ref_nll_sum"] - nll_sum))
+    elif cfg.forget_loss == "SimNPO":
+        units = -(2 / HP["beta"]) * torch.nn.functional.logsigmoid(HP["beta"] * (nll_sum / n - HP["delta"]))
+    elif cfg.forget_loss == "SatImp":
+        p = torch.exp(-tokens.values.detach())
+        units = -(p ** HP["beta1"]) * (1 - p) ** HP["beta2"] * tokens.values
+    else:
+        units = -tokens.values
+    if cfg.aggregation == "dv":
+        t = cfg.temperature
+        forget = t * (torch.logsumexp(units / t, 0) - math.log(units.numel()))
+    else:
+        forget = units.mean()
+    if cfg.retain_loss_type is None:
+        return cfg.gamma * forget
+    rb = {k: v[ri] for k, v in s["retain"].items()}
+    logits = logits_of(model, rb)
+    if cfg.retain_loss_type == "KL":
+        with torch.no_grad():
+            ref_logits = logits_of(s["ref_model"], rb)
+        mask = rb["labels"][:, 1:] != -100
+        log_p, log_q = torch.log_softmax(logits[:, :-1][mask], -1), torch.log_softmax(ref_logits[:, :-1][mask], -1)
+        retain = (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+    else:
+        r_sum, r_n = sequence_nll(logits, rb["labels"])
+        retain = r_sum.sum() / r_n.sum() if cfg.retain_reduction == "token_mean" else r_sum.mean()
+    return cfg.gamma * forget + cfg.alpha * retain
+
+
+def grads(model) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def micro_batches(s: dict[str, Any], layout: StepLayout, rank: int) -> list[MicroBatch]:
+    out = []
+    for m in range(layout.accumulation):
+        pos = layout.local_positions(8, m, rank)
+        idx = torch.from_numpy(pos)
+        out.append(MicroBatch({k: v[idx] for k, v in s["forget"].items()}, pos, {k: v[idx] for k, v in s["retain"].items()}, pos))
+    return out
+
+
+def ours(s: dict[str, Any], cfg: StepConfig, layout: StepLayout) -> tuple[float, list[torch.Tensor]]:
+    s["model"].zero_grad()
+    result = run_step(
+        s["model"], lambda x: x.backward(), micro_batches(s, layout, 0), cfg, layout, SingleProcessExchange(), 0,
+        s["ref_model"],
+    )
+    return result.loss, grads(s["model"])
+
+
+def assert_close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, rtol=1e-10, atol=1e-13)
+
+
+CASES = [
+    dict(forget_loss="NPO", aggregation="mean"),
+    dict(forget_loss="NPO", aggregation="dv", temperature=-1.0),
+    dict(forget_loss="NPO", aggregation="dv", temperature=2.0),
+    dict(forget_loss="SimNPO", aggregation="dv", temperature=-0.5, gamma=0.125),
+    dict(forget_loss="SatImp", aggregation="dv", temperature=-1.0, gamma=0.1),
+    dict(forget_loss="GA", aggregation="mean", retain_loss_type=None),
+    dict(forget_loss="GradDiff", aggregation="mean", retain_reduction="sequence_sum_mean"),
+    dict(forget_loss="NPO", aggregation="mean", retain_loss_type="KL"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize(("batch", "accumulation"), [(8, 1), (4, 2), (2, 4)])
+def test_step_gradient_equals_the_direct_objective(setup, case, batch: int, accumulation: int) -> None:
+    cfg = step_config(**case)
+    setup["model"].zero_grad()
+    want = direct_objective(setup, cfg, list(range(8)), list(range(8)))
+    want.backward()
+    expected = grads(setup["model"])
+    loss, got = ours(setup, cfg, StepLayout(1, batch, accumulation))
+    assert loss == pytest.approx(float(want.detach()), rel=1e-12)
+    assert_close(got, expected)
+
+
+def test_group_keeps_the_hardest_half_and_a_random_retain_cut(setup) -> None:
+    cfg = step_config(aggregation="group", sampling_ratio=0.5)
+    f = setup["forget"]
+    with torch.no_grad():
+        s, n = sequence_nll(logits_of(setup["model"], f), f["labels"])
+    hardest = sorted(torch.sort(-(s / n), descending=True, stable=True).indices[:4].tolist())
+    retain = sorted(np.random.default_rng([0, 0, 0]).choice(8, size=4, replace=False).tolist())
+    setup["model"].zero_grad()
+    direct_objective(setup, cfg, hardest, retain).backward()
+    expected = grads(setup["model"])
+    for batch, accumulation in ((8, 1), (2, 4)):
+        _, got = ours(setup, cfg, StepLayout(1, batch, accumulation))
+        assert_close(got, expected)
+
+
+def test_local_scope_is_the_mean_of_per_micro_batch_objectives(setup) -> None:
+    cfg = step_config(aggregation="dv", temperature=-1.0, scope="local")
+    setup["model"].zero_grad()
+    halves = [list(range(0, 4)), list(range(4, 8))]
+    (sum(direct_objective(setup, cfg, h, h) for h in halves) / 2).backward()
+    _, got = ours(setup, cfg, StepLayout(1, 4, 2))
+    assert_close(got, grads(setup["model"]))
+
+
+class ThreadExchange:
+    """A real all-gather between threads (one per simulated rank)."""
+
+    def __init__(self, shared: dict[str, Any], rank: int, world_size: int) -> None:
+        self.shared, self.rank, self.world_size = shared, rank, world_size
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        self.shared["slots"][self.rank] = obj
+        self.shared["barrier"].wait()
+        out = list(self.shared["slots"])
+        self.shared["barrier"].wait()
+        return out
+
+
+@pytest.mark.parametrize("aggregation", ["dv", "group"])
+def test_two_simulated_ranks_equal_one(setup, aggregation: str) -> None:
+    cfg = step_config(aggregation=aggregation, temperature=1.0)
+    _, single = ours(setup, cfg, StepLayout(1, 8, 1))
+    layout = StepLayout(2, 2, 2)
+    models = [copy.deepcopy(setup["model"]) for _ in range(2)]
+    shared = {"slots": [None, None], "barrier": threading.Barrier(2)}
+    errors: list[BaseException] = []
+
+    def rank_main(rank: int) -> None:
+        try:
+            models[rank].zero_grad()
+            run_step(models[rank], lambda x: x.backward(), micro_batches(setup, layout, rank), cfg, layout,
+                     ThreadExchange(shared, rank, 2), 0)
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+            shared["barrier"].abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    averaged = [(a.grad + b.grad) / 2 for a, b in zip(*(m.parameters() for m in models))]
+    assert_close(averaged, single)

@@ -1,0 +1,172 @@
+"""Real Ray Train runs (2 CPU workers, gloo): worker-count invariance, the per-device (local) scope, DeepSpeed
+ZeRO-2/3 against DDP, and validation before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from baldro_ray.config import ConfigError, load_config
+from baldro_ray.data.render import TEMPLATES, encode_qa, pad_batch
+from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
+from baldro_ray.objectives import sequence_nll
+from baldro_ray.train.layout import StepLayout, epoch_orders, step_rows
+from baldro_ray.unlearn import resolve_run, run_unlearn
+
+pytestmark = [pytest.mark.ray]
+
+QA = [(f"What did author {i} write?", f"Author {i} wrote book {i * 7} in {1900 + i}.") for i in range(24)]
+FORGET, RETAIN = QA[:8], QA[8:]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A float64 tiny model and a TOFU-layout folder (forget10 / retain90) written by the test."""
+    root = tmp_path_factory.mktemp("unlearn")
+    tokenizer = train_tokenizer([f"{q} {a}" for q, a in QA] * 3, vocab_size=300)
+    spec = TinyModelSpec(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
+    save_model(build_tiny_llama(spec, tokenizer, seed=3).double(), tokenizer, root / "model")
+    data = root / "data"
+    data.mkdir()
+    for name, rows in (("forget10", FORGET), ("retain90", RETAIN)):
+        (data / f"{name}.json").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
+    return root
+
+
+def config(workspace: Path, tag: str, *overrides: str):
+    return load_config(
+        overrides=[
+            "data.source=tofu",
+            f"data.location={workspace / 'data'}",
+            f"model.name_or_path={workspace / 'model'}",
+            f"output_dir={workspace / 'runs' / tag}",
+            "trainer.dtype=float64",
+            "trainer.epochs=1",
+            "trainer.lr=1e-2",
+            "trainer.warmup_epochs=0",
+            "trainer.schedule=constant",
+            "trainer.weight_decay=0",
+            "method.name=NPO",
+            *overrides,
+        ]
+    )
+
+
+def train(workspace: Path, tag: str, *overrides: str) -> dict[str, torch.Tensor]:
+    run = resolve_run(config(workspace, tag, *overrides), name="run", log=lambda _: None)
+    outcome = run_unlearn(run, log=lambda _: None)
+    return load_file(outcome.model_dir / "model.safetensors")
+
+
+def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max() / b[k].abs().max()) for k in a)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    "method",
+    [("method.dro.type=dv", "method.dro.temperature=-1"), ("method.dro.type=group", "method.dro.sampling_ratio=0.5")],
+    ids=["dv-reference", "group"],
+)
+def test_one_step_is_the_same_with_one_or_two_workers(ray_cluster, workspace: Path, method: tuple[str, ...]) -> None:
+    one = train(workspace, f"one-{method[0]}", *method, "trainer.num_workers=1", "trainer.per_device_batch_size=8")
+    two = train(workspace, f"two-{method[0]}", *method, "trainer.num_workers=2", "trainer.per_device_batch_size=4")
+    initial = load_file(workspace / "model" / "model.safetensors")
+    assert max_relative_difference(one, initial) > 1e-4  # the step moved the weights
+    assert max_relative_difference(two, one) < 1e-6
+
+
+def batch(pairs: list[tuple[str, str]], tokenizer) -> dict[str, torch.Tensor]:
+    encoded = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 512) for q, a in pairs]
+    return pad_batch({"input_ids": [e["input_ids"] for e in encoded], "labels": [e["labels"] for e in encoded]}, 0)
+
+
+def nll(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return sequence_nll(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+
+
+@pytest.mark.timeout(300)
+def test_local_scope_reproduces_per_device_dv(ray_cluster, workspace: Path) -> None:
+    """Two workers x 4 with scope=local equals, computed here by hand, the mean over the two devices of
+    (DV over the device's 4 forget samples + its token-mean retain NLL), then one AdamW step."""
+    got = train(
+        workspace, "local", "method.dro.type=dv", "method.dro.temperature=-1", "method.dro.scope=local",
+        "trainer.num_workers=2", "trainer.per_device_batch_size=4",
+    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(workspace / "model", dtype=torch.float64)
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "model")
+    with torch.no_grad():
+        ref_sum, _ = nll(model, batch(FORGET, tokenizer))
+    forget_order, retain_order = epoch_orders(len(FORGET), len(RETAIN), seed=0, epoch=0)
+    forget_ids, retain_ids = step_rows(forget_order, retain_order, StepLayout(2, 4, 1), 0)
+    total = 0.0
+    for device in range(2):
+        f_ids, r_ids = forget_ids[device * 4 : device * 4 + 4], retain_ids[device * 4 : device * 4 + 4]
+        s, _ = nll(model, batch([FORGET[i] for i in f_ids], tokenizer))
+        losses = -(2 / 0.1) * torch.nn.functional.logsigmoid(-0.1 * (ref_sum[torch.as_tensor(f_ids)] - s))
+        dv = -1.0 * (torch.logsumexp(losses / -1.0, 0) - math.log(4))
+        r_sum, r_n = nll(model, batch([RETAIN[i] for i in r_ids], tokenizer))
+        total = total + (dv + r_sum.sum() / r_n.sum()) / 2
+    total.backward()
+    torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0).step()
+    want = {k: v.detach() for k, v in model.state_dict().items()}
+    assert max_relative_difference(got, want) < 1e-6
+
+
+@pytest.mark.timeout(600)
+def test_deepspeed_zero2_and_zero3_match_ddp(ray_cluster, workspace: Path) -> None:
+    common = ("method.dro.type=dv", "method.dro.temperature=1", "trainer.num_workers=2", "trainer.per_device_batch_size=2",
+              "trainer.gradient_accumulation_steps=2")
+    ddp = train(workspace, "ddp", *common)
+    zero2 = train(workspace, "zero2", *common, "trainer.deepspeed.zero_stage=2")
+    assert max_relative_difference(zero2, ddp) < 1e-6
+    # ZeRO-3 partitions and consolidates in float32 (our float64 run comes back float32): float32 tolerance
+    zero3 = train(workspace, "zero3", *common, "trainer.deepspeed.zero_stage=3")
+    assert next(iter(zero3.values())).dtype == torch.float32
+    assert max_relative_difference({k: v.double() for k, v in zero3.items()}, ddp) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (("trainer.per_device_batch_size=8", "trainer.num_workers=2"), "the forget split 'forget10' has only 8 rows"),
+        (("model.name_or_path=/nonexistent/model",), "does not exist"),
+        (("data.location=/nonexistent",), "nonexistent"),
+    ],
+)
+def test_bad_runs_fail_before_any_worker(workspace: Path, overrides: tuple[str, ...], fragment: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=fragment):
+        resolve_run(config(workspace, "bad", *overrides), name="bad", log=lambda _: None)
+
+
+def test_tokenizer_that_does_not_match_the_model_is_rejected(workspace: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    bigger = train_tokenizer([f"{q} {a} extra words here {i}" for i, (q, a) in enumerate(QA)] * 3, vocab_size=400)
+    model = AutoModelForCausalLM.from_pretrained(workspace / "model")
+    model.save_pretrained(tmp_path / "mismatch")
+    bigger.save_pretrained(tmp_path / "mismatch")
+    if len(bigger) <= model.config.vocab_size:
+        pytest.skip("the second tokenizer happened to be no larger than the model's vocabulary")
+    with pytest.raises(ConfigError, match="do not belong together"):
+        resolve_run(config(workspace, "bad", f"model.name_or_path={tmp_path / 'mismatch'}"), name="x", log=lambda _: None)
+
+
+def test_retain_rows_differ_between_ranks_and_repeat_with_the_seed() -> None:
+    layout = StepLayout(world_size=2, per_device_batch_size=4, accumulation=1)
+    forget_order, retain_order = epoch_orders(8, 16, seed=0, epoch=0)
+    _, retain_ids = step_rows(forget_order, retain_order, layout, 0)
+    rank0, rank1 = (retain_ids[layout.local_positions(8, 0, r)] for r in (0, 1))
+    assert not set(rank0.tolist()) & set(rank1.tolist())
+    again = step_rows(*epoch_orders(8, 16, seed=0, epoch=0), layout, 0)[1]
+    assert np.array_equal(again, retain_ids)
+    next_epoch = step_rows(*epoch_orders(8, 16, seed=0, epoch=1), layout, 0)[1]
+    assert not np.array_equal(next_epoch, retain_ids)
