@@ -11,7 +11,9 @@ from baldro_ray.config import ConfigError, dump_config, load_config
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (see configs/); defaults apply when omitted")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.lr=2e-5")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.lr=2e-5"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,9 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baldro-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "objectives-demo", help="print the weights mean, BalDRO-G and BalDRO-DV (both signs) give one forget batch"
+        "objectives-demo",
+        help="print the weights mean, BalDRO-G and BalDRO-DV (both signs) give one forget batch",
     )
-    show = commands.add_parser("config", help="validate a config with its overrides and print the resolved YAML")
+    show = commands.add_parser(
+        "config", help="validate a config with its overrides and print the resolved YAML"
+    )
     _add_config_arguments(show)
     finetune = commands.add_parser(
         "finetune",

@@ -41,7 +41,9 @@ class DROConfig(_Section):
         description="signed DV temperature t: t<0 is the reference BalDRO-DV (t = -beta_dv_forget / -sigma_forget), "
         "t>0 the textbook worst case, null the mean",
     )
-    sampling_ratio: float = Field(default=0.5, gt=0, le=1, description="BalDRO-G: fraction of the forget batch kept")
+    sampling_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="BalDRO-G: fraction of the forget batch kept"
+    )
     scope: Literal["global", "local"] = Field(
         default="global",
         description="global: DRO over the whole optimizer-step batch on all ranks; local: per device micro-batch "
@@ -53,7 +55,9 @@ class DROConfig(_Section):
     @classmethod
     def _temperature_not_zero(cls, value: float | None) -> float | None:
         if value is not None and (value == 0 or math.isnan(value)):
-            raise ValueError("must be a non-zero number (negative: reference form, positive: textbook form) or null")
+            raise ValueError(
+                "must be a non-zero number (negative: reference form, positive: textbook form) or null"
+            )
         return value
 
 
@@ -95,7 +99,9 @@ class DataConfig(_Section):
     """Where the forget/retain/holdout splits come from."""
 
     source: Literal["synthetic", "tofu", "muse", "files"] = "synthetic"
-    location: str | None = Field(default=None, description="folder or Hugging Face dataset name; null: generated")
+    location: str | None = Field(
+        default=None, description="folder or Hugging Face dataset name; null: generated"
+    )
     forget_split: str = "forget10"
     retain_split: str = "retain90"
     holdout_split: str = "holdout10"
@@ -124,12 +130,16 @@ class ModelConfig(_Section):
     @classmethod
     def _known_template(cls, value: str | PromptTagsConfig) -> str | PromptTagsConfig:
         if isinstance(value, str) and value not in TEMPLATES:
-            raise ValueError(f"unknown template {value!r}; expected one of {sorted(TEMPLATES)} or a mapping of tags")
+            raise ValueError(
+                f"unknown template {value!r}; expected one of {sorted(TEMPLATES)} or a mapping of tags"
+            )
         return value
 
     def prompt_template(self) -> PromptTemplate:
         """The resolved :class:`PromptTemplate`."""
-        return resolve_template(self.template if isinstance(self.template, str) else self.template.model_dump())
+        return resolve_template(
+            self.template if isinstance(self.template, str) else self.template.model_dump()
+        )
 
 
 class DeepSpeedSection(_Section):
@@ -165,7 +175,9 @@ class TrainerConfig(_Section):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     use_gpu: bool = False
     deepspeed: DeepSpeedSection = DeepSpeedSection()
-    max_failures: int = Field(default=0, ge=0, description="Ray Train restarts from the last epoch checkpoint")
+    max_failures: int = Field(
+        default=0, ge=0, description="Ray Train restarts from the last epoch checkpoint"
+    )
     dtype: Literal["float32", "bfloat16", "float64"] | None = Field(
         default=None, description="weights dtype; null keeps the checkpoint's"
     )
@@ -190,7 +202,9 @@ class FinetuneConfig(_Section):
 class EmbeddedConfig(_Section):
     """The embedded default: a synthetic fictitious-author benchmark and tiny Llama models trained locally."""
 
-    cache_dir: str = Field(default="~/.cache/baldro-ray", description="benchmark and models, keyed by content hash")
+    cache_dir: str = Field(
+        default="~/.cache/baldro-ray", description="benchmark and models, keyed by content hash"
+    )
     benchmark: SyntheticConfig = SyntheticConfig()
     vocab_size: int = Field(default=2048, ge=300)
     tiny_model: TinyModelSpec = TinyModelSpec()
@@ -219,7 +233,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level; found {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping at the top level; found {type(data).__name__}"
+        )
     return data
 
 
@@ -307,7 +323,14 @@ def _fields_of(section: Any) -> dict[str, Any]:
 def _describe(error: Mapping[str, Any], overrides: Sequence[str]) -> str:
     loc = [str(p) for p in error["loc"]]
     key = ".".join(loc)
-    origin = next((f" (from override {o!r})" for o in overrides if f"{o.partition('=')[0].strip()}.".startswith(f"{key}.")), "")
+    origin = next(
+        (
+            f" (from override {o!r})"
+            for o in overrides
+            if f"{o.partition('=')[0].strip()}.".startswith(f"{key}.")
+        ),
+        "",
+    )
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         known = _known_keys(loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1)
@@ -317,7 +340,9 @@ def _describe(error: Mapping[str, Any], overrides: Sequence[str]) -> str:
     return f"key {key!r} = {error.get('input')!r}{origin}: {message}"
 
 
-def validate_config(data: Mapping[str, Any], source: str = "<config>", overrides: Sequence[str] = ()) -> RunConfig:
+def validate_config(
+    data: Mapping[str, Any], source: str = "<config>", overrides: Sequence[str] = ()
+) -> RunConfig:
     """Build a :class:`RunConfig`, turning every validation problem into one :class:`ConfigError`."""
     try:
         return RunConfig.model_validate(data)
@@ -348,4 +373,3 @@ def flatten_config(config: RunConfig, sep: str = "/") -> dict[str, Any]:
             yield prefix, value
 
     return dict(walk("", config.model_dump(mode="json")))
-

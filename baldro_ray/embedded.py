@@ -87,7 +87,13 @@ def _finetuned(
         storage = root / "ray_runs"
         storage.mkdir(parents=True, exist_ok=True)
         run_finetune(
-            jobs, base, TEMPLATES[TEMPLATE_NAME], config.finetune, {r: paths[r] for r in missing}, storage, run_name
+            jobs,
+            base,
+            TEMPLATES[TEMPLATE_NAME],
+            config.finetune,
+            {r: paths[r] for r in missing},
+            storage,
+            run_name,
         )
         trained.extend(missing)
     return paths
@@ -110,7 +116,10 @@ def prepare_embedded(
     mixes = {"target": "finetune_mix", retain_role: f"finetune_mix_{RETAIN_OF_FORGET[forget_split]}"}
     models = _finetuned(config, base, data_dir, mixes, trained)
     target, retain = models["target"], models[retain_role]
-    log(f"target model {target}; retain model {retain}" + (f" (trained now: {trained})" if trained else " (cached)"))
+    log(
+        f"target model {target}; retain model {retain}"
+        + (f" (trained now: {trained})" if trained else " (cached)")
+    )
     return EmbeddedAssets(data_dir, base, target, retain, forget_split, tuple(trained))
 
 
@@ -124,18 +133,24 @@ def memorisation_report(assets: EmbeddedAssets, max_length: int) -> dict[str, di
 
     retain_split = RETAIN_OF_FORGET[assets.forget_split]
     holdout_split = assets.forget_split.replace("forget", "holdout")
-    groups = np.array([row["group"] for row in read_records(assets.data_dir / f"{assets.forget_split}_difficulty.json")])
+    groups = np.array(
+        [row["group"] for row in read_records(assets.data_dir / f"{assets.forget_split}_difficulty.json")]
+    )
     report: dict[str, dict[str, float]] = {}
     for role, path in (("target", assets.target_model), ("retain", assets.retain_model)):
         model, tokenizer = load_model(path)
         probs = {}
         for split in (assets.forget_split, retain_split, holdout_split):
             rows = read_records(assets.data_dir / f"{split}.json")
-            probs[split] = answer_probability(*score_rows(model, tokenizer, rows, TEMPLATES[TEMPLATE_NAME], max_length))
+            probs[split] = answer_probability(
+                *score_rows(model, tokenizer, rows, TEMPLATES[TEMPLATE_NAME], max_length)
+            )
         report[role] = {split: float(p.mean()) for split, p in probs.items()}
         for group in ("hard", "easy"):
             if (groups == group).any():
-                report[role][f"{assets.forget_split}[{group}]"] = float(probs[assets.forget_split][groups == group].mean())
+                report[role][f"{assets.forget_split}[{group}]"] = float(
+                    probs[assets.forget_split][groups == group].mean()
+                )
     return report
 
 

@@ -67,7 +67,9 @@ def _check_model(path: str) -> None:
         )
 
 
-def resolve_run(config: RunConfig, name: str | None = None, log: Callable[[str], None] = print) -> ResolvedRun:
+def resolve_run(
+    config: RunConfig, name: str | None = None, log: Callable[[str], None] = print
+) -> ResolvedRun:
     """Load data and model references and validate the whole run, before any worker starts."""
     from baldro_ray.data.sources import build_source, check_disjoint
     from baldro_ray.train.backend import BackendSpec, validate_deepspeed_config
@@ -92,7 +94,9 @@ def resolve_run(config: RunConfig, name: str | None = None, log: Callable[[str],
             raise ConfigError(f"data.location is required for data.source={config.data.source!r}")
         source = build_source(config.data.source, config.data.location)
     if model_path == "tiny":
-        raise ConfigError("model.name_or_path 'tiny' is the embedded benchmark's model: it needs data.source=synthetic")
+        raise ConfigError(
+            "model.name_or_path 'tiny' is the embedded benchmark's model: it needs data.source=synthetic"
+        )
     _check_model(model_path)
     forget = source.load(config.data.forget_split)
     uses_retain = get_forget_loss(config.method.name).uses_retain
@@ -115,7 +119,10 @@ def _forget_dataset(run: ResolvedRun) -> Any:
 
     config = run.config
     dataset = qa_dataset(
-        run.forget_rows, run.model_path, config.model.prompt_template(), config.trainer.max_length,
+        run.forget_rows,
+        run.model_path,
+        config.model.prompt_template(),
+        config.trainer.max_length,
         config.data.forget_split,
     )
     if get_forget_loss(config.method.name).needs_reference:
@@ -140,7 +147,10 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> Unlearn
     datasets = {"forget": _forget_dataset(run)}
     if run.retain_rows:
         datasets["retain"] = qa_dataset(
-            run.retain_rows, run.model_path, config.model.prompt_template(), config.trainer.max_length,
+            run.retain_rows,
+            run.model_path,
+            config.model.prompt_template(),
+            config.trainer.max_length,
             config.data.retain_split,
         )
     storage = out.parent / ".ray" / run.name

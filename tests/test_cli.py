@@ -32,6 +32,9 @@ def test_config_error_exits_2_with_one_message(capsys) -> None:
 
 def test_console_script_entry_point_runs() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "baldro_ray.cli", "objectives-demo"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "baldro_ray.cli", "objectives-demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0 and "ESS" in result.stdout

@@ -32,7 +32,12 @@ def test_defaults_are_valid_and_method_defaults_follow_the_method() -> None:
 def test_overrides_are_applied_in_order_and_typed() -> None:
     config = load_config(
         CONFIGS / "embedded_npo_dv.yaml",
-        ["trainer.lr=2e-5", "method.dro.temperature=-2", "method.dro.temperature=5", "method.dro.temperature=null"],
+        [
+            "trainer.lr=2e-5",
+            "method.dro.temperature=-2",
+            "method.dro.temperature=5",
+            "method.dro.temperature=null",
+        ],
     )
     assert config.trainer.lr == 2e-5 and isinstance(config.trainer.lr, float)
     assert config.method.dro.temperature is None
@@ -49,7 +54,9 @@ def test_typo_suggests_the_closest_key() -> None:
 def test_unknown_key_in_a_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("method:\n  dro:\n    temprature: -1\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml(.|\n)*'method\.dro\.temprature'(.|\n)*'method\.dro\.temperature'"):
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml(.|\n)*'method\.dro\.temprature'(.|\n)*'method\.dro\.temperature'"
+    ):
         load_config(path)
 
 
@@ -82,7 +89,11 @@ def test_every_problem_is_listed_at_once() -> None:
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
-    [("trainer.lr", "must look like section.key=value"), ("=3", "must look like"), ("a..b=1", "must look like")],
+    [
+        ("trainer.lr", "must look like section.key=value"),
+        ("=3", "must look like"),
+        ("a..b=1", "must look like"),
+    ],
 )
 def test_malformed_overrides(text: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):

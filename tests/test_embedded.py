@@ -54,11 +54,18 @@ def test_prepare_trains_once_then_reuses_and_target_memorises_forget(ray_cluster
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_encoding_error_surfaces_before_training(ray_cluster, tmp_path: Path) -> None:
-    from baldro_ray.models.tiny import save_model, train_tokenizer, build_tiny_llama, TinyModelSpec
+    from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
 
     tokenizer = train_tokenizer(["Who is Mara Kell? A writer."] * 10, vocab_size=300)
-    path = save_model(build_tiny_llama(TinyModelSpec(hidden_size=16, intermediate_size=32), tokenizer), tokenizer, tmp_path / "m")
-    rows = [{"question": "Who is Mara Kell?", "answer": "A writer."}, {"question": "Who is she?", "answer": "  "}]
+    path = save_model(
+        build_tiny_llama(TinyModelSpec(hidden_size=16, intermediate_size=32), tokenizer),
+        tokenizer,
+        tmp_path / "m",
+    )
+    rows = [
+        {"question": "Who is Mara Kell?", "answer": "A writer."},
+        {"question": "Who is she?", "answer": "  "},
+    ]
     with pytest.raises(EncodingError, match=r"forget\.json, row 1 \(0-based\), field 'answer'"):
         qa_dataset(rows, str(path), TEMPLATES["tiny"], 32, "forget.json")
     dataset = qa_dataset(rows[:1], str(path), TEMPLATES["tiny"], 32, "forget.json", {"group": ["hard"]})

@@ -16,8 +16,8 @@ import numpy as np
 
 from baldro_ray.data.render import EncodingError, PromptTemplate, encode_qa
 
-
 _ERROR_COLUMN = "encoding_error"
+_ROWS_PER_BLOCK = 512
 
 
 @lru_cache(maxsize=4)
@@ -28,7 +28,11 @@ def _tokenizer(path: str) -> Any:
 
 
 def _encode_batch(
-    batch: Mapping[str, np.ndarray], tokenizer_path: str, template: dict[str, str], max_length: int, source: str
+    batch: Mapping[str, np.ndarray],
+    tokenizer_path: str,
+    template: dict[str, str],
+    max_length: int,
+    source: str,
 ) -> dict[str, Any]:
     tokenizer = _tokenizer(tokenizer_path)
     prompt = PromptTemplate(**template)
@@ -73,12 +77,21 @@ def qa_dataset(
     extra = dict(extra_columns or {})
     for name, values in extra.items():
         if len(values) != len(rows):
-            raise ValueError(f"extra column {name!r} has {len(values)} values for {len(rows)} rows of {source}")
+            raise ValueError(
+                f"extra column {name!r} has {len(values)} values for {len(rows)} rows of {source}"
+            )
     items = [
-        {"index": i, "question": row["question"], "answer": row["answer"], **{k: v[i] for k, v in extra.items()}}
+        {
+            "index": i,
+            "question": row["question"],
+            "answer": row["answer"],
+            **{k: v[i] for k, v in extra.items()},
+        }
         for i, row in enumerate(rows)
     ]
-    dataset = ray.data.from_items(items).map_batches(
+    # A few large blocks: each map task loads the tokenizer, and tiny blocks cost more in scheduling than work.
+    blocks = max(1, min(8, len(items) // _ROWS_PER_BLOCK))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         _encode_batch,
         batch_format="numpy",
         fn_kwargs={
@@ -89,9 +102,10 @@ def qa_dataset(
         },
     )
     dataset = dataset.materialize()
-    failed = dataset.filter(lambda row: bool(row[_ERROR_COLUMN])).take(1)
-    if failed:
-        raise EncodingError(failed[0][_ERROR_COLUMN])
+    errors = [e for e in dataset.select_columns([_ERROR_COLUMN]).take_all() if e[_ERROR_COLUMN]]
+    if errors:
+        raise EncodingError(errors[0][_ERROR_COLUMN])
+    # Materialised again: a lazy projection would need a CPU while the training workers hold them all.
     return dataset.drop_columns([_ERROR_COLUMN]).materialize()
 
 

@@ -59,7 +59,9 @@ def resolve_template(value: str | Mapping[str, Any]) -> PromptTemplate:
     """A template by name (``TEMPLATES``) or from explicit tags (``user_start``, ``user_end``, ...)."""
     if isinstance(value, str):
         if value not in TEMPLATES:
-            raise ValueError(f"unknown prompt template {value!r}; expected one of {sorted(TEMPLATES)} or a mapping of tags")
+            raise ValueError(
+                f"unknown prompt template {value!r}; expected one of {sorted(TEMPLATES)} or a mapping of tags"
+            )
         return TEMPLATES[value]
     return PromptTemplate(**value)
 

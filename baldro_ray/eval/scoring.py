@@ -13,7 +13,9 @@ from baldro_ray.objectives import sequence_nll
 
 
 @torch.no_grad()
-def score_batch(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def score_batch(
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(nll_sum[B], n_tokens[B])`` of a padded batch (``input_ids``, ``attention_mask``, ``labels``)."""
     device = next(model.parameters()).device
     logits = model(

@@ -13,7 +13,13 @@ from baldro_ray.objectives.dro import (
     is_mean_temperature,
     weight_diagnostics,
 )
-from baldro_ray.objectives.forget import ga_loss, npo_loss, satimp_from_token_nll, satimp_token_losses, simnpo_loss
+from baldro_ray.objectives.forget import (
+    ga_loss,
+    npo_loss,
+    satimp_from_token_nll,
+    satimp_token_losses,
+    simnpo_loss,
+)
 from baldro_ray.objectives.nll import IGNORE_INDEX, TokenNLL, average_nll, sequence_nll, token_nll
 from baldro_ray.objectives.registry import (
     AGGREGATIONS,
@@ -28,7 +34,13 @@ from baldro_ray.objectives.registry import (
     sample_weights,
     unit_weights,
 )
-from baldro_ray.objectives.retain import RETAIN_REDUCTIONS, kl_per_position, reduce_retain_nll, retain_kl, retain_nll
+from baldro_ray.objectives.retain import (
+    RETAIN_REDUCTIONS,
+    kl_per_position,
+    reduce_retain_nll,
+    retain_kl,
+    retain_nll,
+)
 
 __all__ = [
     "AGGREGATIONS",

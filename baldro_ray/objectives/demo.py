@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from baldro_ray.objectives.dro import dro_weights, dv_aggregate, group_select, group_weights, weight_diagnostics
+from baldro_ray.objectives.dro import (
+    dro_weights,
+    dv_aggregate,
+    group_select,
+    group_weights,
+    weight_diagnostics,
+)
 from baldro_ray.objectives.forget import npo_loss
 
 # Six forget answers of 10 tokens, memorised by the reference model (average NLL 0.2); unlearning has moved them
@@ -42,7 +48,9 @@ def render_demo() -> str:
     ]
     for label, value, weights in demo_rows():
         cells = "".join(f"{float(w):9.3f}" for w in weights)
-        tail = "" if value != value else f"{value:9.3f}{weight_diagnostics(weights).effective_sample_size:6.2f}"
+        tail = (
+            "" if value != value else f"{value:9.3f}{weight_diagnostics(weights).effective_sample_size:6.2f}"
+        )
         lines.append(f"{label:28s}{cells}{tail}")
     lines += [
         "",

@@ -79,7 +79,9 @@ def token_nll(logits: Tensor, labels: Tensor, chunk_tokens: int = DEFAULT_CHUNK_
     return TokenNLL(values=values, sample_index=rows, batch_size=labels.shape[0])
 
 
-def sequence_nll(logits: Tensor, labels: Tensor, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> tuple[Tensor, Tensor]:
+def sequence_nll(
+    logits: Tensor, labels: Tensor, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> tuple[Tensor, Tensor]:
     """``(nll_sum[B], n_tokens[B])``: summed next-token NLL over each row's labelled positions and their count.
 
     A row with no labelled token gets ``nll_sum = 0`` and ``n_tokens = 0``; functions that divide by ``n_tokens``

@@ -119,7 +119,10 @@ def _npo(batch: ForgetBatch, beta: float) -> Tensor:
 
 
 @register_forget_loss(
-    "SimNPO", granularity="sample", hyperparameters=("beta", "delta"), defaults={"beta": 4.5, "delta": 0.0, "gamma": 0.125}
+    "SimNPO",
+    granularity="sample",
+    hyperparameters=("beta", "delta"),
+    defaults={"beta": 4.5, "delta": 0.0, "gamma": 0.125},
 )
 def _simnpo(batch: ForgetBatch, beta: float, delta: float) -> Tensor:
     nll_sum, n_tokens = batch.tokens.per_sequence()
@@ -127,7 +130,10 @@ def _simnpo(batch: ForgetBatch, beta: float, delta: float) -> Tensor:
 
 
 @register_forget_loss(
-    "SatImp", granularity="token", hyperparameters=("beta1", "beta2"), defaults={"beta1": 5.0, "beta2": 1.0, "gamma": 0.1}
+    "SatImp",
+    granularity="token",
+    hyperparameters=("beta1", "beta2"),
+    defaults={"beta1": 5.0, "beta2": 1.0, "gamma": 0.1},
 )
 def _satimp(batch: ForgetBatch, beta1: float, beta2: float) -> Tensor:
     return satimp_from_token_nll(batch.tokens.values, beta1, beta2)
@@ -150,7 +156,9 @@ def aggregate_units(units: Tensor, aggregation: str, temperature: float | None =
 
 def sample_weights(unit_weights: Tensor, unit_sample_index: Tensor, batch_size: int) -> Tensor:
     """Total weight each sample receives from its units (for token-level losses: the sum over its tokens)."""
-    return unit_weights.new_zeros(batch_size).index_add(0, unit_sample_index.to(unit_weights.device), unit_weights)
+    return unit_weights.new_zeros(batch_size).index_add(
+        0, unit_sample_index.to(unit_weights.device), unit_weights
+    )
 
 
 def unit_weights(units: Tensor, aggregation: str, temperature: float | None = None) -> Tensor:
@@ -161,4 +169,3 @@ def unit_weights(units: Tensor, aggregation: str, temperature: float | None = No
 def combine(forget: Tensor, retain: Tensor | None, gamma: float, alpha: float) -> Tensor:
     """Total objective ``gamma * F + alpha * R`` (``gamma * F`` for forget-only methods)."""
     return gamma * forget if retain is None else gamma * forget + alpha * retain
-

@@ -30,7 +30,10 @@ def reduce_retain_nll(nll_sum: Tensor, n_tokens: Tensor, reduction: RetainReduct
 
 
 def retain_nll(
-    logits: Tensor, labels: Tensor, reduction: RetainReduction = "token_mean", chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    logits: Tensor,
+    labels: Tensor,
+    reduction: RetainReduction = "token_mean",
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> Tensor:
     """Retain NLL of a batch under ``reduction`` (see :func:`reduce_retain_nll`)."""
     nll_sum, n_tokens = sequence_nll(logits, labels, chunk_tokens)
@@ -46,11 +49,17 @@ def kl_per_position(
     ``labels=None`` every position counts. ``ref_logits`` is treated as a constant.
     """
     if logits.shape != ref_logits.shape:
-        raise ValueError(f"logits shape {tuple(logits.shape)} does not match ref_logits shape {tuple(ref_logits.shape)}")
+        raise ValueError(
+            f"logits shape {tuple(logits.shape)} does not match ref_logits shape {tuple(ref_logits.shape)}"
+        )
     if labels is None:
         if logits.dim() != 3 or logits.numel() == 0:
-            raise ValueError(f"logits must be a non-empty [batch, seq_len, vocab] tensor; got {tuple(logits.shape)}")
-        rows, cols = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device).nonzero(as_tuple=True)
+            raise ValueError(
+                f"logits must be a non-empty [batch, seq_len, vocab] tensor; got {tuple(logits.shape)}"
+            )
+        rows, cols = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device).nonzero(
+            as_tuple=True
+        )
     else:
         check_logits_labels(logits, labels)
         rows, cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)

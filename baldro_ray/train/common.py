@@ -57,7 +57,9 @@ def iter_padded_batches(
     shard: Any, batch_size: int, pad_token_id: int, seed: int | None = None, drop_last: bool = False
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of a Ray Data shard, right-padded by :func:`pad_batch` (shuffled locally when ``seed`` is given)."""
-    shuffle = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": seed} if seed is not None else {}
+    shuffle = (
+        {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": seed} if seed is not None else {}
+    )
     return shard.iter_torch_batches(
         batch_size=batch_size,
         collate_fn=partial(pad_batch, pad_token_id=pad_token_id),
@@ -82,4 +84,3 @@ def save_final_checkpoint(model: torch.nn.Module, tokenizer: Any, metrics: dict[
         unwrap(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-

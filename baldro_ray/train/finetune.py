@@ -17,7 +17,9 @@ from baldro_ray.config import FinetuneConfig
 from baldro_ray.data.render import PromptTemplate
 
 
-def _train_one(model: Any, shard: Any, pad_token_id: int, settings: FinetuneConfig, steps_per_epoch: int) -> float:
+def _train_one(
+    model: Any, shard: Any, pad_token_id: int, settings: FinetuneConfig, steps_per_epoch: int
+) -> float:
     import ray.train.torch
 
     from baldro_ray.objectives import retain_nll
@@ -33,7 +35,9 @@ def _train_one(model: Any, shard: Any, pad_token_id: int, settings: FinetuneConf
         total, steps = 0.0, 0
         seed = settings.seed * 100_003 + epoch * 1_009 + rank
         for batch in iter_padded_batches(shard, settings.per_device_batch_size, pad_token_id, seed):
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            )
             loss = retain_nll(logits.logits, batch["labels"].to(device))
             loss.backward()
             optimizer.step()
@@ -97,7 +101,10 @@ def run_finetune(
         if per_worker == 0:
             raise ValueError(f"{job}: {len(rows)} rows cannot be split across {settings.num_workers} workers")
         steps_per_epoch[job] = math.ceil(per_worker / settings.per_device_batch_size)
-    datasets = {job: qa_dataset(rows, str(base_model), template, settings.max_length, job) for job, rows in jobs.items()}
+    datasets = {
+        job: qa_dataset(rows, str(base_model), template, settings.max_length, job)
+        for job, rows in jobs.items()
+    }
     trainer = TorchTrainer(
         finetune_loop,
         train_loop_config={

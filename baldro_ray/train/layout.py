@@ -49,7 +49,11 @@ class StepLayout:
 def epoch_orders(num_forget: int, num_retain: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """The epoch's forget permutation and retain permutation (independent seeded streams)."""
     forget = np.random.default_rng([seed, epoch]).permutation(num_forget)
-    retain = np.random.default_rng([seed, epoch, _RETAIN_STREAM]).permutation(num_retain) if num_retain else forget[:0]
+    retain = (
+        np.random.default_rng([seed, epoch, _RETAIN_STREAM]).permutation(num_retain)
+        if num_retain
+        else forget[:0]
+    )
     return forget, retain
 
 

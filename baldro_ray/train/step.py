@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -103,7 +103,9 @@ class MicroBatch:
         if self.retain is None or self.retain_positions is None:
             return MicroBatch(_rows(self.forget, f), self.forget_positions[f])
         r = np.isin(self.retain_positions, sorted(retain_keep))
-        return MicroBatch(_rows(self.forget, f), self.forget_positions[f], _rows(self.retain, r), self.retain_positions[r])
+        return MicroBatch(
+            _rows(self.forget, f), self.forget_positions[f], _rows(self.retain, r), self.retain_positions[r]
+        )
 
 
 @dataclass
@@ -114,7 +116,9 @@ class StepResult:
     forget_loss: float
     retain_loss: float
     sample_weights: dict[int, float]  # forget position -> weight of the sample in the step (sums to 1)
-    samples: dict[int, dict[str, Any]]  # forget position -> row, avg_nll, loss (mean of its units; nan if unscored)
+    samples: dict[
+        int, dict[str, Any]
+    ]  # forget position -> row, avg_nll, loss (mean of its units; nan if unscored)
 
 
 def _rows(batch: dict[str, Tensor], keep: np.ndarray) -> dict[str, Tensor]:
@@ -147,7 +151,11 @@ class _Units:
     """Forget and retain units of one micro-batch, with the local row each unit belongs to."""
 
     def __init__(
-        self, cfg: StepConfig, micro: MicroBatch, model: Callable[..., Any], ref_model: Callable[..., Any] | None
+        self,
+        cfg: StepConfig,
+        micro: MicroBatch,
+        model: Callable[..., Any],
+        ref_model: Callable[..., Any] | None,
     ) -> None:
         batches = _non_empty(micro)
         outputs = _forward(model, batches) if batches else []
@@ -157,14 +165,17 @@ class _Units:
             tokens = token_nll(logits, labels)
             spec = get_forget_loss(cfg.forget_loss)
             batch = ForgetBatch(tokens, micro.forget.get("ref_nll_sum"))
-            self.forget, self.forget_row = spec.units(batch, cfg.hyperparameters), spec.unit_sample_index(batch)
+            self.forget, self.forget_row = (
+                spec.units(batch, cfg.hyperparameters),
+                spec.unit_sample_index(batch),
+            )
             nll_sum, n_tokens = tokens.per_sequence()
             self.avg_nll = (nll_sum.detach() / n_tokens.clamp(min=1)).double()
         if outputs and cfg.retain_loss_type is not None:
             logits, labels = outputs.pop(0)
             if cfg.retain_loss_type == "KL":
                 with torch.no_grad():
-                    (ref_logits, _), = _forward(ref_model, [micro.retain])
+                    ((ref_logits, _),) = _forward(ref_model, [micro.retain])
                 self.retain = kl_per_position(logits, _pad_to_width(ref_logits, logits.shape[1]), labels)
                 self.retain_row = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)[0]
             else:
@@ -208,7 +219,9 @@ def _select_group(
     with torch.no_grad():
         for micro in micro_batches:
             ((logits, labels),) = _forward(model, [micro.forget])
-            local.update(zip(micro.forget_positions.tolist(), g_hardness(token_nll(logits, labels)).double().tolist()))
+            local.update(
+                zip(micro.forget_positions.tolist(), g_hardness(token_nll(logits, labels)).double().tolist())
+            )
     hardness = {p: h for part in exchange.all_gather_object(local) for p, h in part.items()}
     groups: dict[int, list[int]] = defaultdict(list)
     for position in sorted(hardness):
@@ -216,7 +229,9 @@ def _select_group(
     forget_keep: set[int] = set()
     retain_keep: set[int] = set()
     for group, positions in groups.items():
-        chosen = group_select(torch.tensor([hardness[p] for p in positions], dtype=torch.float64), cfg.sampling_ratio)
+        chosen = group_select(
+            torch.tensor([hardness[p] for p in positions], dtype=torch.float64), cfg.sampling_ratio
+        )
         forget_keep.update(positions[i] for i in chosen.tolist())
         rng = np.random.default_rng([cfg.seed, step_id, group])
         retain_keep.update(int(p) for p in rng.choice(positions, size=len(chosen), replace=False))
@@ -248,12 +263,21 @@ def _aligned(values: Tensor, rows: Tensor, positions: np.ndarray, weights: dict[
 
 
 def _surrogate(
-    units: _Units, micro: MicroBatch, forget_w: dict[int, Tensor], retain_w: dict[int, Tensor], cfg: StepConfig
+    units: _Units,
+    micro: MicroBatch,
+    forget_w: dict[int, Tensor],
+    retain_w: dict[int, Tensor],
+    cfg: StepConfig,
 ) -> Tensor | None:
     """``gamma * sum w_u l_u + alpha * sum v_u r_u`` over this micro-batch's units (None when it has none)."""
     terms = []
     if units.forget is not None:
-        terms.append(cfg.gamma * (_aligned(units.forget, units.forget_row, micro.forget_positions, forget_w) * units.forget).sum())
+        terms.append(
+            cfg.gamma
+            * (
+                _aligned(units.forget, units.forget_row, micro.forget_positions, forget_w) * units.forget
+            ).sum()
+        )
     if units.retain is not None and micro.retain_positions is not None:
         v = _aligned(units.retain, units.retain_row, micro.retain_positions, retain_w)
         terms.append(cfg.alpha * (v * units.retain).sum())
@@ -283,10 +307,14 @@ def run_step(
 
     ``backward`` must accumulate the gradient of its argument averaged over ranks (DDP semantics).
     """
-    gathered_positions = exchange.all_gather_object([int(p) for m in micro_batches for p in m.forget_positions])
+    gathered_positions = exchange.all_gather_object(
+        [int(p) for m in micro_batches for p in m.forget_positions]
+    )
     all_positions = sorted(p for part in gathered_positions for p in part)
     n_groups = layout.num_groups(len(all_positions), cfg.scope)
-    samples: dict[int, dict[str, Any]] = {p: {"row": None, "avg_nll": float("nan"), "loss": float("nan")} for p in all_positions}
+    samples: dict[int, dict[str, Any]] = {
+        p: {"row": None, "avg_nll": float("nan"), "loss": float("nan")} for p in all_positions
+    }
     work = micro_batches
     if cfg.aggregation == "group":
         work = _select_group(model, micro_batches, cfg, layout, exchange, step_id)
@@ -307,20 +335,28 @@ def run_step(
 
     temperature = cfg.temperature if cfg.aggregation == "dv" else None
     retain_temperature = cfg.temperature if cfg.retain_dro else None
-    forget_w = _group_weights(forget_units, layout, cfg.scope, lambda v: unit_weights(v, cfg.aggregation, temperature))
+    forget_w = _group_weights(
+        forget_units, layout, cfg.scope, lambda v: unit_weights(v, cfg.aggregation, temperature)
+    )
     retain_w = _group_weights(retain_units, layout, cfg.scope, lambda v: dro_weights(v, retain_temperature))
 
     scale = exchange.world_size / n_groups
     for index, micro in enumerate(work):
         unit = units[index] if keep_graph else _Units(cfg, micro, model, ref_model)
         surrogate = _surrogate(unit, micro, forget_w, retain_w, cfg)
-        if surrogate is None:  # selection left this rank nothing: a zero-gradient pass keeps collectives aligned
+        if (
+            surrogate is None
+        ):  # selection left this rank nothing: a zero-gradient pass keeps collectives aligned
             ((logits, _),) = _forward(model, [micro_batches[index].forget])
             surrogate = logits.sum() * 0.0
         backward(surrogate * scale)
 
-    forget_values = _group_values(forget_units, layout, cfg.scope, lambda v: aggregate_units(v, cfg.aggregation, temperature))
-    retain_values = _group_values(retain_units, layout, cfg.scope, lambda v: dv_aggregate(v, retain_temperature))
+    forget_values = _group_values(
+        forget_units, layout, cfg.scope, lambda v: aggregate_units(v, cfg.aggregation, temperature)
+    )
+    retain_values = _group_values(
+        retain_units, layout, cfg.scope, lambda v: dv_aggregate(v, retain_temperature)
+    )
     forget_value = sum(forget_values) / n_groups
     retain_value = sum(retain_values) / n_groups if cfg.retain_loss_type else 0.0
     for p, v in forget_data.items():

@@ -22,9 +22,9 @@ class Telemetry:
     """Accumulates step metrics and trajectory rows; ``write`` saves the trajectory atomically as parquet."""
 
     def __init__(self, rows: dict[str, list[Any]] | None = None) -> None:
-        self.rows: dict[str, list[Any]] = {c: list(rows[c]) for c in TRAJECTORY_COLUMNS} if rows else {
-            c: [] for c in TRAJECTORY_COLUMNS
-        }
+        self.rows: dict[str, list[Any]] = (
+            {c: list(rows[c]) for c in TRAJECTORY_COLUMNS} if rows else {c: [] for c in TRAJECTORY_COLUMNS}
+        )
 
     def record(self, result: StepResult, epoch: int, step: int, lr: float) -> dict[str, float]:
         """Add the step's per-sample rows; return its metrics (namespaced as the trackers log them)."""

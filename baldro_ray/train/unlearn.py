@@ -55,14 +55,22 @@ def _load_rows(name: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: int(row["index"]))
 
 
-def _collate(rows: list[dict[str, Any]], ids: np.ndarray, pad_token_id: int, columns: tuple[str, ...]) -> dict:
+def _collate(
+    rows: list[dict[str, Any]], ids: np.ndarray, pad_token_id: int, columns: tuple[str, ...]
+) -> dict:
     picked = [rows[i] for i in ids.tolist()]
     return pad_batch({c: [row[c] for row in picked] for c in columns}, pad_token_id)
 
 
 def _micro_batches(
-    forget: list[dict[str, Any]], retain: list[dict[str, Any]], forget_ids: np.ndarray, retain_ids: np.ndarray,
-    layout: StepLayout, rank: int, pad_token_id: int, forget_columns: tuple[str, ...],
+    forget: list[dict[str, Any]],
+    retain: list[dict[str, Any]],
+    forget_ids: np.ndarray,
+    retain_ids: np.ndarray,
+    layout: StepLayout,
+    rank: int,
+    pad_token_id: int,
+    forget_columns: tuple[str, ...],
 ) -> list[MicroBatch]:
     """This rank's micro-batches of one step; an empty one carries one dummy row so collectives stay aligned."""
     batches = []
@@ -72,7 +80,9 @@ def _micro_batches(
         forget_batch = _collate(forget, rows, pad_token_id, forget_columns)
         retain_batch = None
         if retain and len(positions):
-            retain_batch = _collate(retain, retain_ids[positions], pad_token_id, ("input_ids", "labels", "index"))
+            retain_batch = _collate(
+                retain, retain_ids[positions], pad_token_id, ("input_ids", "labels", "index")
+            )
         batches.append(MicroBatch(forget_batch, positions, retain_batch, positions if retain_batch else None))
     return batches
 
@@ -97,8 +107,15 @@ def unlearn_loop(config: dict[str, Any]) -> None:
     steps = layout.steps_per_epoch(len(forget))
     dtype = None if trainer.dtype is None else getattr(torch, trainer.dtype)
     ds = trainer.deepspeed
-    spec = BackendSpec(ds.zero_stage, ds.offload_optimizer, ds.offload_param, ds.bf16,
-                       trainer.gradient_accumulation_steps, trainer.per_device_batch_size, trainer.gradient_clipping)
+    spec = BackendSpec(
+        ds.zero_stage,
+        ds.offload_optimizer,
+        ds.offload_param,
+        ds.bf16,
+        trainer.gradient_accumulation_steps,
+        trainer.per_device_batch_size,
+        trainer.gradient_clipping,
+    )
     model_path = config["model_path"]
     tokenizer = _tokenizer(model_path)
     backend = build_backend(
@@ -106,9 +123,13 @@ def unlearn_loop(config: dict[str, Any]) -> None:
         lambda: _model(model_path, dtype),
         trainer.lr,
         trainer.weight_decay,
-        lambda opt: build_scheduler(opt, round(trainer.warmup_epochs * steps), trainer.epochs * steps, trainer.schedule),
+        lambda opt: build_scheduler(
+            opt, round(trainer.warmup_epochs * steps), trainer.epochs * steps, trainer.schedule
+        ),
     )
-    ref_model = _model(model_path, dtype).eval().requires_grad_(False) if cfg.retain_loss_type == "KL" else None
+    ref_model = (
+        _model(model_path, dtype).eval().requires_grad_(False) if cfg.retain_loss_type == "KL" else None
+    )
     if ref_model is not None:
         ref_model.to(ray.train.torch.get_device())
     telemetry, start_epoch = Telemetry(), 0
@@ -120,19 +141,25 @@ def unlearn_loop(config: dict[str, Any]) -> None:
         start_epoch = state["epoch"]
         torch.set_rng_state(state["torch_rng"][rank])
     exchange = TorchDistributedExchange()
-    forget_columns = ("input_ids", "labels", "index") + (("ref_nll_sum",) if "ref_nll_sum" in forget[0] else ())
+    forget_columns = ("input_ids", "labels", "index") + (
+        ("ref_nll_sum",) if "ref_nll_sum" in forget[0] else ()
+    )
     device = ray.train.torch.get_device()
     for epoch in range(start_epoch, trainer.epochs):
         forget_order, retain_order = epoch_orders(len(forget), len(retain), trainer.seed, epoch)
         metrics: dict[str, float] = {}
         for step in range(steps):
             forget_ids, retain_ids = step_rows(forget_order, retain_order, layout, step)
-            micro = _micro_batches(forget, retain, forget_ids, retain_ids, layout, rank, tokenizer.pad_token_id, forget_columns)
+            micro = _micro_batches(
+                forget, retain, forget_ids, retain_ids, layout, rank, tokenizer.pad_token_id, forget_columns
+            )
             for m in micro:
                 m.forget = {k: v.to(device) for k, v in m.forget.items()}
                 m.retain = None if m.retain is None else {k: v.to(device) for k, v in m.retain.items()}
             global_step = epoch * steps + step
-            result = run_step(backend.model, backend.backward, micro, cfg, layout, exchange, global_step, ref_model)
+            result = run_step(
+                backend.model, backend.backward, micro, cfg, layout, exchange, global_step, ref_model
+            )
             lr = backend.lr()
             backend.step()
             metrics = telemetry.record(result, epoch + 1, global_step + 1, lr)
@@ -142,8 +169,14 @@ def unlearn_loop(config: dict[str, Any]) -> None:
 
 
 def _report_epoch(
-    backend: Any, tokenizer: Any, telemetry: Telemetry, metrics: dict[str, float], epoch: int, epochs: int,
-    rank: int, world: int,
+    backend: Any,
+    tokenizer: Any,
+    telemetry: Telemetry,
+    metrics: dict[str, float],
+    epoch: int,
+    epochs: int,
+    rank: int,
+    world: int,
 ) -> None:
     """Every rank writes its part of the checkpoint (resumable state; the final model at the last epoch)."""
     import ray.train
@@ -173,4 +206,3 @@ def _model(path: str, dtype: torch.dtype | None) -> Any:
 
     kwargs = {} if dtype is None else {"dtype": dtype}
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-

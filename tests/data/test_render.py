@@ -9,7 +9,11 @@ from baldro_ray.data.render import TEMPLATES, EncodingError, PromptTemplate, enc
 from baldro_ray.models.tiny import TINY_TEMPLATE, train_tokenizer
 from baldro_ray.objectives import IGNORE_INDEX
 
-TEXTS = ["Who wrote the book Silver Rain?", "Mara Kell wrote Silver Rain in 1987.", "Where was Mara Kell born?"] * 20
+TEXTS = [
+    "Who wrote the book Silver Rain?",
+    "Mara Kell wrote Silver Rain in 1987.",
+    "Where was Mara Kell born?",
+] * 20
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +38,17 @@ def test_tiny_template_is_the_tokenizers_chat_tags() -> None:
 
 
 def test_truncation_keeps_the_prompt_and_cuts_the_answer(tokenizer) -> None:
-    full = encode_qa(tokenizer, "Where was Mara Kell born?", "Mara Kell wrote Silver Rain in 1987.", TEMPLATES["tiny"], 64)
+    full = encode_qa(
+        tokenizer, "Where was Mara Kell born?", "Mara Kell wrote Silver Rain in 1987.", TEMPLATES["tiny"], 64
+    )
     n_prompt = full["labels"].count(IGNORE_INDEX)
-    cut = encode_qa(tokenizer, "Where was Mara Kell born?", "Mara Kell wrote Silver Rain in 1987.", TEMPLATES["tiny"], n_prompt + 2)
+    cut = encode_qa(
+        tokenizer,
+        "Where was Mara Kell born?",
+        "Mara Kell wrote Silver Rain in 1987.",
+        TEMPLATES["tiny"],
+        n_prompt + 2,
+    )
     assert cut["input_ids"] == full["input_ids"][: n_prompt + 2]
     assert sum(label != IGNORE_INDEX for label in cut["labels"]) == 2
 
@@ -49,13 +61,20 @@ def test_empty_answer_is_an_error(tokenizer, answer: str) -> None:
 
 def test_answer_cut_off_by_max_length_names_source_and_row(tokenizer) -> None:
     rows = [{"question": "Who wrote the book Silver Rain?", "answer": "Mara Kell."}] * 2
-    n_prompt = encode_qa(tokenizer, rows[0]["question"], "x", TEMPLATES["tiny"], 64)["labels"].count(IGNORE_INDEX)
+    n_prompt = encode_qa(tokenizer, rows[0]["question"], "x", TEMPLATES["tiny"], 64)["labels"].count(
+        IGNORE_INDEX
+    )
     with pytest.raises(EncodingError, match=r"forget10\.json, row 0 \(0-based\), field 'answer'"):
         encode_rows(rows, tokenizer, TEMPLATES["tiny"], n_prompt, "forget10.json")
 
 
 def test_pad_batch_right_pads_and_stacks_extra_columns() -> None:
-    batch = {"input_ids": [[5, 6, 7], [8]], "labels": [[-100, 6, 7], [8]], "index": [3, 4], "ref_nll_sum": [1.5, 2.0]}
+    batch = {
+        "input_ids": [[5, 6, 7], [8]],
+        "labels": [[-100, 6, 7], [8]],
+        "index": [3, 4],
+        "ref_nll_sum": [1.5, 2.0],
+    }
     out = pad_batch(batch, pad_token_id=0)
     assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert out["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]

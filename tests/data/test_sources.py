@@ -23,18 +23,7 @@ from baldro_ray.data.sources import (
     tofu_schema,
     validate_rows,
 )
-
-TOFU_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tofu"
-
-# Row counts from ../shared/data/tofu/PROVENANCE.md.
-TOFU_ROWS = {
-    "full": 4000,
-    "forget01": 40, "forget05": 200, "forget10": 400,
-    "retain99": 3960, "retain95": 3800, "retain90": 3600,
-    "holdout01": 40, "holdout05": 200, "holdout10": 400,
-    "forget01_perturbed": 40, "forget05_perturbed": 200, "forget10_perturbed": 400, "retain_perturbed": 400,
-    "real_authors": 100, "real_authors_perturbed": 100, "world_facts": 117, "world_facts_perturbed": 117,
-}  # fmt: skip
+from tests.conftest import TOFU_DIR, TOFU_ROWS
 
 QA = [{"question": f"Who is author {i}?", "answer": f"Author {i} writes novels."} for i in range(5)]
 

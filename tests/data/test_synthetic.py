@@ -26,18 +26,8 @@ from baldro_ray.data.synthetic import (
     round_half_up,
     write_benchmark,
 )
+from tests.conftest import TOFU_DIR, TOFU_ROWS
 
-TOFU_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tofu"
-
-# Row counts of the real TOFU files (../shared/data/tofu/PROVENANCE.md).
-TOFU_ROWS = {
-    "full": 4000,
-    "forget01": 40, "forget05": 200, "forget10": 400,
-    "retain99": 3960, "retain95": 3800, "retain90": 3600,
-    "holdout01": 40, "holdout05": 200, "holdout10": 400,
-    "forget01_perturbed": 40, "forget05_perturbed": 200, "forget10_perturbed": 400, "retain_perturbed": 400,
-    "real_authors": 100, "real_authors_perturbed": 100, "world_facts": 117, "world_facts_perturbed": 117,
-}  # fmt: skip
 TOFU_SIZED = SyntheticConfig(num_authors=200, num_world_facts=117, num_real_authors=100)
 SMALL = SyntheticConfig(num_authors=20, qa_per_author=6, num_world_facts=8, num_real_authors=8)
 

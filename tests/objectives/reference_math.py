@@ -17,7 +17,9 @@ def log_softmax_row(row: Sequence[float]) -> list[float]:
     return [x - log_z for x in row]
 
 
-def naive_sequence_nll(logits: list[list[list[float]]], labels: list[list[int]]) -> tuple[list[float], list[int]]:
+def naive_sequence_nll(
+    logits: list[list[list[float]]], labels: list[list[int]]
+) -> tuple[list[float], list[int]]:
     sums, counts = [], []
     for row_logits, row_labels in zip(logits, labels):
         total, count = 0.0, 0

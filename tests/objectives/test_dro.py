@@ -55,7 +55,9 @@ def test_stable_for_huge_losses_in_float32() -> None:
         assert value.dtype == torch.float32 and weights.dtype == torch.float32
         assert torch.isfinite(value) and torch.isfinite(grad).all() and torch.isfinite(weights).all()
     # t = +0.5: dominated by the two largest; closed form 1e4 + 1 + 0.5 * (log(1 + e^-2) - log 4)
-    assert float(dv_aggregate(losses.detach(), 0.5)) == pytest.approx(1e4 + 1 + 0.5 * (math.log1p(math.exp(-2)) - math.log(4)))
+    assert float(dv_aggregate(losses.detach(), 0.5)) == pytest.approx(
+        1e4 + 1 + 0.5 * (math.log1p(math.exp(-2)) - math.log(4))
+    )
     # t = -0.5: the minimum 3.0 dominates: 3 - 0.5 * (-log 4)
     assert float(dv_aggregate(losses.detach(), -0.5)) == pytest.approx(3.0 + 0.5 * math.log(4), rel=1e-6)
     # the reference's own formula underflows to log(0) here: the reason to use logsumexp

@@ -76,9 +76,15 @@ def test_satimp_token_losses_and_detached_weights(beta1: float, beta2: float) ->
     [
         (lambda: npo_loss(torch.ones(2), torch.ones(3), 0.1), "does not match"),
         (lambda: npo_loss(torch.ones(2), torch.ones(2), 0.0), "beta must be > 0"),
-        (lambda: simnpo_loss(torch.ones(2), torch.tensor([3, 0]), 4.5, 0.0), r"samples \[1\] have no labelled"),
+        (
+            lambda: simnpo_loss(torch.ones(2), torch.tensor([3, 0]), 4.5, 0.0),
+            r"samples \[1\] have no labelled",
+        ),
         (lambda: ga_loss(torch.ones(0), torch.ones(0, dtype=torch.long)), "empty batch"),
-        (lambda: satimp_token_losses(torch.zeros(1, 3, 4), torch.full((1, 3), -100), 5.0, 1.0), "no labelled token"),
+        (
+            lambda: satimp_token_losses(torch.zeros(1, 3, 4), torch.full((1, 3), -100), 5.0, 1.0),
+            "no labelled token",
+        ),
     ],
 )
 def test_invalid_inputs_raise_clear_errors(call, match: str) -> None:

@@ -44,7 +44,9 @@ def test_sequence_nll_matches_naive_loop_on_padded_batch() -> None:
 def test_token_nll_is_independent_of_chunking(chunk: int) -> None:
     logits, labels = padded_batch(seed=1)
     tokens = token_nll(logits, labels, chunk_tokens=chunk)
-    assert tokens.values.tolist() == pytest.approx(naive_token_nll(logits.tolist(), labels.tolist()), rel=1e-12)
+    assert tokens.values.tolist() == pytest.approx(
+        naive_token_nll(logits.tolist(), labels.tolist()), rel=1e-12
+    )
     assert tokens.sample_index.tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2]
 
 
@@ -87,7 +89,11 @@ def test_row_without_labels_has_zero_count_and_average_nll_names_it() -> None:
 
 @pytest.mark.parametrize(
     ("logits_shape", "labels_shape", "match"),
-    [((2, 5, 7), (2, 4), "does not match"), ((2, 5), (2, 5), "must have shape"), ((0, 5, 7), (0, 5), "empty batch")],
+    [
+        ((2, 5, 7), (2, 4), "does not match"),
+        ((2, 5), (2, 5), "must have shape"),
+        ((0, 5, 7), (0, 5), "empty batch"),
+    ],
 )
 def test_shape_errors(logits_shape: tuple, labels_shape: tuple, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -104,7 +110,9 @@ def test_label_outside_vocabulary_is_reported_with_position() -> None:
 def test_retain_nll_reductions() -> None:
     logits, labels = padded_batch(seed=4)
     sums, counts = naive_sequence_nll(logits.tolist(), labels.tolist())
-    assert float(retain_nll(logits, labels, "token_mean")) == pytest.approx(sum(sums) / sum(counts), rel=1e-12)
+    assert float(retain_nll(logits, labels, "token_mean")) == pytest.approx(
+        sum(sums) / sum(counts), rel=1e-12
+    )
     assert float(retain_nll(logits, labels, "sequence_sum_mean")) == pytest.approx(sum(sums) / 3, rel=1e-12)
     with pytest.raises(ValueError, match="unknown retain reduction"):
         reduce_retain_nll(torch.ones(2), torch.ones(2), "sum")  # type: ignore[arg-type]

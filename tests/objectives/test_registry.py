@@ -45,7 +45,9 @@ def test_npo_dv_equals_reference_drnpo() -> None:
     units = get_forget_loss("NPO").units(forget, HP)
     per_sample = [-(2 / 0.1) * log_sigmoid(-0.1 * (r - s)) for s, r in zip(sums, ref)]
     assert units.tolist() == pytest.approx(per_sample, rel=1e-12)
-    assert float(aggregate_units(units, "dv", -1.0)) == pytest.approx(reference_dv(per_sample, 1.0), rel=1e-12)
+    assert float(aggregate_units(units, "dv", -1.0)) == pytest.approx(
+        reference_dv(per_sample, 1.0), rel=1e-12
+    )
     assert float(aggregate_units(units, "mean")) == pytest.approx(sum(per_sample) / 3, rel=1e-12)
 
 
@@ -64,13 +66,17 @@ def test_satimp_is_token_level_and_drsatimp_applies_dv_to_tokens() -> None:
     units = get_forget_loss("SatImp").units(forget, HP)
     assert float(aggregate_units(units, "mean")) == pytest.approx(sum(tokens) / len(tokens), rel=1e-12)
     assert float(aggregate_units(units, "dv", -2.0)) == pytest.approx(reference_dv(tokens, 2.0), rel=1e-12)
-    per_sample = sample_weights(unit_weights(units, "dv", -2.0), get_forget_loss("SatImp").unit_sample_index(forget), 3)
+    per_sample = sample_weights(
+        unit_weights(units, "dv", -2.0), get_forget_loss("SatImp").unit_sample_index(forget), 3
+    )
     assert float(per_sample.sum()) == pytest.approx(1.0) and per_sample.shape == (3,)
 
 
 def test_g_hardness_is_minus_average_nll() -> None:
     forget, sums, counts, _ = batch(4)
-    assert g_hardness(forget.tokens).tolist() == pytest.approx([-s / n for s, n in zip(sums, counts)], rel=1e-12)
+    assert g_hardness(forget.tokens).tolist() == pytest.approx(
+        [-s / n for s, n in zip(sums, counts)], rel=1e-12
+    )
 
 
 def test_combine_weights_forget_and_retain() -> None:

@@ -18,7 +18,9 @@ from baldro_ray.objectives import sequence_nll, token_nll
 from baldro_ray.train.layout import StepLayout
 from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig, run_step
 
-QA = [(f"What did author {i} write?", f"Author {i} wrote book number {i * 7} in {1900 + i}.") for i in range(16)]
+QA = [
+    (f"What did author {i} write?", f"Author {i} wrote book number {i * 7} in {1900 + i}.") for i in range(16)
+]
 HP = {"beta": 0.1, "delta": 0.5, "beta1": 2.0, "beta2": 1.0}
 
 
@@ -31,12 +33,18 @@ def setup() -> dict[str, Any]:
     encoded = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 64) for q, a in QA]
 
     def batch(ids: list[int]) -> dict[str, torch.Tensor]:
-        columns = {"input_ids": [encoded[i]["input_ids"] for i in ids], "labels": [encoded[i]["labels"] for i in ids]}
+        columns = {
+            "input_ids": [encoded[i]["input_ids"] for i in ids],
+            "labels": [encoded[i]["labels"] for i in ids],
+        }
         return pad_batch({**columns, "index": ids}, tokenizer.pad_token_id)
 
     forget, retain = batch(list(range(8))), batch(list(range(8, 16)))
     with torch.no_grad():
-        ref, _ = sequence_nll(model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits, forget["labels"])
+        ref, _ = sequence_nll(
+            model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits,
+            forget["labels"],
+        )
     forget["ref_nll_sum"] = ref + torch.linspace(-1, 2, 8, dtype=torch.float64)
     ref_model = copy.deepcopy(model)
     with torch.no_grad():
@@ -47,9 +55,18 @@ def setup() -> dict[str, Any]:
 
 def step_config(**kw: Any) -> StepConfig:
     base = dict(
-        forget_loss="NPO", hyperparameters=HP, aggregation="mean", temperature=-1.0, sampling_ratio=0.5,
-        scope="global", gamma=1.0, alpha=1.0, retain_loss_type="NLL", retain_reduction="token_mean",
-        retain_dro=False, seed=0,
+        forget_loss="NPO",
+        hyperparameters=HP,
+        aggregation="mean",
+        temperature=-1.0,
+        sampling_ratio=0.5,
+        scope="global",
+        gamma=1.0,
+        alpha=1.0,
+        retain_loss_type="NLL",
+        retain_reduction="token_mean",
+        retain_dro=False,
+        seed=0,
     )
     return StepConfig(**{**base, **kw})
 
@@ -58,15 +75,19 @@ def logits_of(model, b):
     return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
 
 
-def direct_objective(s: dict[str, Any], cfg: StepConfig, forget_ids: list[int], retain_ids: list[int]) -> torch.Tensor:
+def direct_objective(
+    s: dict[str, Any], cfg: StepConfig, forget_ids: list[int], retain_ids: list[int]
+) -> torch.Tensor:
     """The objective of the spec, written out for one group of samples."""
-    model, f, r = s["model"], s["forget"], s["retain"]
+    model, f = s["model"], s["forget"]
     fi, ri = torch.tensor(forget_ids), torch.tensor(retain_ids)
     fb = {k: v[fi] for k, v in f.items()}
     tokens = token_nll(logits_of(model, fb), fb["labels"])
     nll_sum, n = tokens.per_sequence()
     if cfg.forget_loss == "NPO":
-        units = -(2 / HP["beta"]) * torch.nn.functional.logsigmoid(-HP["beta"] * (fb["ref_nll_sum"] - nll_sum))
+        units = -(2 / HP["beta"]) * torch.nn.functional.logsigmoid(
+            -HP["beta"] * (fb["ref_nll_sum"] - nll_sum)
+        )
     elif cfg.forget_loss == "SimNPO":
         units = -(2 / HP["beta"]) * torch.nn.functional.logsigmoid(HP["beta"] * (nll_sum / n - HP["delta"]))
     elif cfg.forget_loss == "SatImp":
@@ -87,7 +108,10 @@ def direct_objective(s: dict[str, Any], cfg: StepConfig, forget_ids: list[int], 
         with torch.no_grad():
             ref_logits = logits_of(s["ref_model"], rb)
         mask = rb["labels"][:, 1:] != -100
-        log_p, log_q = torch.log_softmax(logits[:, :-1][mask], -1), torch.log_softmax(ref_logits[:, :-1][mask], -1)
+        log_p, log_q = (
+            torch.log_softmax(logits[:, :-1][mask], -1),
+            torch.log_softmax(ref_logits[:, :-1][mask], -1),
+        )
         retain = (log_q.exp() * (log_q - log_p)).sum(-1).mean()
     else:
         r_sum, r_n = sequence_nll(logits, rb["labels"])
@@ -104,14 +128,27 @@ def micro_batches(s: dict[str, Any], layout: StepLayout, rank: int) -> list[Micr
     for m in range(layout.accumulation):
         pos = layout.local_positions(8, m, rank)
         idx = torch.from_numpy(pos)
-        out.append(MicroBatch({k: v[idx] for k, v in s["forget"].items()}, pos, {k: v[idx] for k, v in s["retain"].items()}, pos))
+        out.append(
+            MicroBatch(
+                {k: v[idx] for k, v in s["forget"].items()},
+                pos,
+                {k: v[idx] for k, v in s["retain"].items()},
+                pos,
+            )
+        )
     return out
 
 
 def ours(s: dict[str, Any], cfg: StepConfig, layout: StepLayout) -> tuple[float, list[torch.Tensor]]:
     s["model"].zero_grad()
     result = run_step(
-        s["model"], lambda x: x.backward(), micro_batches(s, layout, 0), cfg, layout, SingleProcessExchange(), 0,
+        s["model"],
+        lambda x: x.backward(),
+        micro_batches(s, layout, 0),
+        cfg,
+        layout,
+        SingleProcessExchange(),
+        0,
         s["ref_model"],
     )
     return result.loss, grads(s["model"])
@@ -197,8 +234,15 @@ def test_two_simulated_ranks_equal_one(setup, aggregation: str) -> None:
     def rank_main(rank: int) -> None:
         try:
             models[rank].zero_grad()
-            run_step(models[rank], lambda x: x.backward(), micro_batches(setup, layout, rank), cfg, layout,
-                     ThreadExchange(shared, rank, 2), 0)
+            run_step(
+                models[rank],
+                lambda x: x.backward(),
+                micro_batches(setup, layout, rank),
+                cfg,
+                layout,
+                ThreadExchange(shared, rank, 2),
+                0,
+            )
         except BaseException as err:  # surfaced below
             errors.append(err)
             shared["barrier"].abort()

@@ -35,7 +35,9 @@ def workspace(tmp_path_factory) -> Path:
     data = root / "data"
     data.mkdir()
     for name, rows in (("forget10", FORGET), ("retain90", RETAIN)):
-        (data / f"{name}.json").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows))
+        (data / f"{name}.json").write_text(
+            "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows)
+        )
     return root
 
 
@@ -71,12 +73,21 @@ def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "method",
-    [("method.dro.type=dv", "method.dro.temperature=-1"), ("method.dro.type=group", "method.dro.sampling_ratio=0.5")],
+    [
+        ("method.dro.type=dv", "method.dro.temperature=-1"),
+        ("method.dro.type=group", "method.dro.sampling_ratio=0.5"),
+    ],
     ids=["dv-reference", "group"],
 )
-def test_one_step_is_the_same_with_one_or_two_workers(ray_cluster, workspace: Path, method: tuple[str, ...]) -> None:
-    one = train(workspace, f"one-{method[0]}", *method, "trainer.num_workers=1", "trainer.per_device_batch_size=8")
-    two = train(workspace, f"two-{method[0]}", *method, "trainer.num_workers=2", "trainer.per_device_batch_size=4")
+def test_one_step_is_the_same_with_one_or_two_workers(
+    ray_cluster, workspace: Path, method: tuple[str, ...]
+) -> None:
+    one = train(
+        workspace, f"one-{method[0]}", *method, "trainer.num_workers=1", "trainer.per_device_batch_size=8"
+    )
+    two = train(
+        workspace, f"two-{method[0]}", *method, "trainer.num_workers=2", "trainer.per_device_batch_size=4"
+    )
     initial = load_file(workspace / "model" / "model.safetensors")
     assert max_relative_difference(one, initial) > 1e-4  # the step moved the weights
     assert max_relative_difference(two, one) < 1e-6
@@ -84,11 +95,15 @@ def test_one_step_is_the_same_with_one_or_two_workers(ray_cluster, workspace: Pa
 
 def batch(pairs: list[tuple[str, str]], tokenizer) -> dict[str, torch.Tensor]:
     encoded = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 512) for q, a in pairs]
-    return pad_batch({"input_ids": [e["input_ids"] for e in encoded], "labels": [e["labels"] for e in encoded]}, 0)
+    return pad_batch(
+        {"input_ids": [e["input_ids"] for e in encoded], "labels": [e["labels"] for e in encoded]}, 0
+    )
 
 
 def nll(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return sequence_nll(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+    return sequence_nll(
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]
+    )
 
 
 @pytest.mark.timeout(300)
@@ -96,8 +111,13 @@ def test_local_scope_reproduces_per_device_dv(ray_cluster, workspace: Path) -> N
     """Two workers x 4 with scope=local equals, computed here by hand, the mean over the two devices of
     (DV over the device's 4 forget samples + its token-mean retain NLL), then one AdamW step."""
     got = train(
-        workspace, "local", "method.dro.type=dv", "method.dro.temperature=-1", "method.dro.scope=local",
-        "trainer.num_workers=2", "trainer.per_device_batch_size=4",
+        workspace,
+        "local",
+        "method.dro.type=dv",
+        "method.dro.temperature=-1",
+        "method.dro.scope=local",
+        "trainer.num_workers=2",
+        "trainer.per_device_batch_size=4",
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -123,8 +143,13 @@ def test_local_scope_reproduces_per_device_dv(ray_cluster, workspace: Path) -> N
 
 @pytest.mark.timeout(600)
 def test_deepspeed_zero2_and_zero3_match_ddp(ray_cluster, workspace: Path) -> None:
-    common = ("method.dro.type=dv", "method.dro.temperature=1", "trainer.num_workers=2", "trainer.per_device_batch_size=2",
-              "trainer.gradient_accumulation_steps=2")
+    common = (
+        "method.dro.type=dv",
+        "method.dro.temperature=1",
+        "trainer.num_workers=2",
+        "trainer.per_device_batch_size=2",
+        "trainer.gradient_accumulation_steps=2",
+    )
     ddp = train(workspace, "ddp", *common)
     zero2 = train(workspace, "zero2", *common, "trainer.deepspeed.zero_stage=2")
     assert max_relative_difference(zero2, ddp) < 1e-6
@@ -137,7 +162,10 @@ def test_deepspeed_zero2_and_zero3_match_ddp(ray_cluster, workspace: Path) -> No
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (("trainer.per_device_batch_size=8", "trainer.num_workers=2"), "the forget split 'forget10' has only 8 rows"),
+        (
+            ("trainer.per_device_batch_size=8", "trainer.num_workers=2"),
+            "the forget split 'forget10' has only 8 rows",
+        ),
         (("model.name_or_path=/nonexistent/model",), "does not exist"),
         (("data.location=/nonexistent",), "nonexistent"),
     ],
@@ -150,14 +178,20 @@ def test_bad_runs_fail_before_any_worker(workspace: Path, overrides: tuple[str, 
 def test_tokenizer_that_does_not_match_the_model_is_rejected(workspace: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    bigger = train_tokenizer([f"{q} {a} extra words here {i}" for i, (q, a) in enumerate(QA)] * 3, vocab_size=400)
+    bigger = train_tokenizer(
+        [f"{q} {a} extra words here {i}" for i, (q, a) in enumerate(QA)] * 3, vocab_size=400
+    )
     model = AutoModelForCausalLM.from_pretrained(workspace / "model")
     model.save_pretrained(tmp_path / "mismatch")
     bigger.save_pretrained(tmp_path / "mismatch")
     if len(bigger) <= model.config.vocab_size:
         pytest.skip("the second tokenizer happened to be no larger than the model's vocabulary")
     with pytest.raises(ConfigError, match="do not belong together"):
-        resolve_run(config(workspace, "bad", f"model.name_or_path={tmp_path / 'mismatch'}"), name="x", log=lambda _: None)
+        resolve_run(
+            config(workspace, "bad", f"model.name_or_path={tmp_path / 'mismatch'}"),
+            name="x",
+            log=lambda _: None,
+        )
 
 
 def test_retain_rows_differ_between_ranks_and_repeat_with_the_seed() -> None:
