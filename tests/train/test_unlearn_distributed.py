@@ -204,3 +204,23 @@ def test_retain_rows_differ_between_ranks_and_repeat_with_the_seed() -> None:
     assert np.array_equal(again, retain_ids)
     next_epoch = step_rows(*epoch_orders(8, 16, seed=0, epoch=1), layout, 0)[1]
     assert not np.array_equal(next_epoch, retain_ids)
+
+
+@pytest.mark.timeout(180)
+def test_cached_reference_nll_gives_the_online_npo_loss(ray_cluster, workspace: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from baldro_ray.data.pipeline import qa_dataset, score_reference
+    from baldro_ray.objectives import npo_loss
+
+    rows = [{"question": q, "answer": a} for q, a in FORGET]
+    path = str(workspace / "model")
+    scored = score_reference(qa_dataset(rows, path, TEMPLATES["tiny"], 512, "forget10"), path, "float64")
+    ordered = sorted(scored.take_all(), key=lambda r: r["index"])
+    cached = torch.tensor([r["ref_nll_sum"] for r in ordered], dtype=torch.float64)
+    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64)
+    with torch.no_grad():
+        online, _ = nll(reference, batch(FORGET, AutoTokenizer.from_pretrained(path)))
+    assert torch.allclose(cached, online, rtol=1e-12)
+    current = online + torch.linspace(0.0, 3.0, len(FORGET), dtype=torch.float64)  # a model that moved on
+    assert torch.allclose(npo_loss(current, cached, 0.1), npo_loss(current, online, 0.1), rtol=1e-12)
