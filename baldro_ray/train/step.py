@@ -212,17 +212,19 @@ def _select_group(
     layout: StepLayout,
     exchange: Exchange,
     step_id: int,
-) -> list[MicroBatch]:
+) -> tuple[list[MicroBatch], dict[int, tuple[float, int]]]:
     """BalDRO-G: score hardness without gradients, keep the top-k of each DRO group over all ranks, and cut each
     group's retain rows to ``min(k, n)`` drawn uniformly at random (seeded by seed, step and group)."""
-    local: dict[int, float] = {}
+    local: dict[int, tuple[float, int]] = {}
     with torch.no_grad():
         for micro in micro_batches:
             ((logits, labels),) = _forward(model, [micro.forget])
-            local.update(
-                zip(micro.forget_positions.tolist(), g_hardness(token_nll(logits, labels)).double().tolist())
-            )
-    hardness = {p: h for part in exchange.all_gather_object(local) for p, h in part.items()}
+            hardness_values = g_hardness(token_nll(logits, labels)).double().tolist()
+            rows = micro.forget["index"].tolist()
+            for position, h, row in zip(micro.forget_positions.tolist(), hardness_values, rows):
+                local[position] = (h, int(row))
+    scored = {p: v for part in exchange.all_gather_object(local) for p, v in part.items()}
+    hardness = {p: h for p, (h, _) in scored.items()}
     groups: dict[int, list[int]] = defaultdict(list)
     for position in sorted(hardness):
         groups[layout.scope_group(position, cfg.scope)].append(position)
@@ -235,7 +237,7 @@ def _select_group(
         forget_keep.update(positions[i] for i in chosen.tolist())
         rng = np.random.default_rng([cfg.seed, step_id, group])
         retain_keep.update(int(p) for p in rng.choice(positions, size=len(chosen), replace=False))
-    return [micro.restrict(forget_keep, retain_keep) for micro in micro_batches]
+    return [micro.restrict(forget_keep, retain_keep) for micro in micro_batches], scored
 
 
 def _group_weights(
@@ -317,7 +319,9 @@ def run_step(
     }
     work = micro_batches
     if cfg.aggregation == "group":
-        work = _select_group(model, micro_batches, cfg, layout, exchange, step_id)
+        work, scored = _select_group(model, micro_batches, cfg, layout, exchange, step_id)
+        for position, (h, row) in scored.items():  # unselected samples keep their gradient-free average NLL
+            samples[position].update(row=row, avg_nll=-h)
     keep_graph = len(work) == 1
     with torch.enable_grad() if keep_graph else torch.no_grad():
         units = [_Units(cfg, micro, model, ref_model) for micro in work]

@@ -255,3 +255,22 @@ def test_two_simulated_ranks_equal_one(setup, aggregation: str) -> None:
     assert not errors, errors
     averaged = [(a.grad + b.grad) / 2 for a, b in zip(*(m.parameters() for m in models))]
     assert_close(averaged, single)
+
+
+def test_group_telemetry_covers_every_sample(setup) -> None:
+    cfg = step_config(aggregation="group", sampling_ratio=0.25)
+    layout = StepLayout(1, 4, 2)
+    result = run_step(
+        setup["model"],
+        lambda x: None,
+        micro_batches(setup, layout, 0),
+        cfg,
+        layout,
+        SingleProcessExchange(),
+        0,
+    )
+    assert sorted(s["row"] for s in result.samples.values()) == list(range(8))
+    assert all(math.isfinite(s["avg_nll"]) for s in result.samples.values())
+    kept = [p for p, w in result.sample_weights.items() if w > 0]
+    assert len(kept) == 2 and sum(result.sample_weights.values()) == pytest.approx(1.0)
+    assert all(math.isnan(result.samples[p]["loss"]) for p in result.samples if p not in kept)
