@@ -224,3 +224,64 @@ def test_cached_reference_nll_gives_the_online_npo_loss(ray_cluster, workspace: 
     assert torch.allclose(cached, online, rtol=1e-12)
     current = online + torch.linspace(0.0, 3.0, len(FORGET), dtype=torch.float64)  # a model that moved on
     assert torch.allclose(npo_loss(current, cached, 0.1), npo_loss(current, online, 0.1), rtol=1e-12)
+
+
+def worker_pids() -> set[int]:
+    import psutil
+
+    pids = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in process.info["cmdline"] or ()):
+            pids.add(process.pid)
+    return pids
+
+
+@pytest.mark.timeout(600)
+def test_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_cluster, workspace: Path) -> None:
+    """SIGKILL a real Ray Train worker once the first epoch checkpoint exists; Ray Train restarts the group from
+    that checkpoint (max_failures=1) and the run ends on the weights of an uninterrupted run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    many = workspace / "many"
+    many.mkdir(exist_ok=True)
+    for name, rows in (("forget10", QA[:16]), ("retain90", QA[16:])):
+        (many / f"{name}.json").write_text(
+            "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in rows)
+        )
+    common = (
+        f"data.location={many}",
+        "method.dro.type=dv",
+        "trainer.epochs=4",
+        "trainer.num_workers=2",
+        "trainer.per_device_batch_size=1",
+        "trainer.max_failures=1",
+    )
+    uninterrupted = train(workspace, "resume-reference", *common)
+
+    run = resolve_run(config(workspace, "resume", *common), name="run", log=lambda _: None)
+    outcome: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=run_unlearn(run, log=lambda _: None)))
+    before = worker_pids()
+    thread.start()
+    checkpoints = run.output_dir.parent / ".ray" / "run" / "run"
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        workers = worker_pids() - before
+        if len(workers) == 2 and list(checkpoints.glob("checkpoint_*")):
+            killed = max(workers)
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    replacements: set[int] = set()
+    while thread.is_alive() and time.monotonic() < deadline + 300:
+        replacements |= worker_pids() - before - {killed} - set(workers)
+        time.sleep(0.05)
+    thread.join(timeout=60)
+    assert killed is not None, "the run ended before a worker could be killed after its first checkpoint"
+    assert replacements, "no replacement worker group was started after the kill"
+    assert "result" in outcome, "the run did not recover from the killed worker"
+    resumed = load_file(outcome["result"].model_dir / "model.safetensors")
+    assert max_relative_difference(resumed, uninterrupted) < 1e-9
