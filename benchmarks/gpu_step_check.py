@@ -26,14 +26,21 @@ from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig,
 
 def build_model(layers: int, device: torch.device) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_hidden_layers=layers,
-        num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048,
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5504,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        max_position_embeddings=2048,
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16)
 
 
-def random_batch(batch: int, length: int, prompt: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+def random_batch(
+    batch: int, length: int, prompt: int, device: torch.device, seed: int
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, 32000, (batch, length), generator=gen)
     labels = ids.clone()
@@ -47,7 +54,9 @@ def random_batch(batch: int, length: int, prompt: int, device: torch.device, see
 
 
 def nll(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return sequence_nll(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+    return sequence_nll(
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]
+    )
 
 
 def reference_style_step(model, ref_model, forget, retain, beta: float, tau: float) -> torch.Tensor:
@@ -95,9 +104,18 @@ def main() -> None:
         ref_sum, _ = nll(model, forget)
     forget["ref_nll_sum"] = ref_sum + torch.linspace(-20, 20, args.batch, device=device)
     cfg = StepConfig(
-        forget_loss="NPO", hyperparameters={"beta": 0.1, "delta": 0.0, "beta1": 5.0, "beta2": 1.0},
-        aggregation="dv", temperature=-1.0, sampling_ratio=0.5, scope="global", gamma=1.0, alpha=1.0,
-        retain_loss_type="NLL", retain_reduction="token_mean", retain_dro=False, seed=0,
+        forget_loss="NPO",
+        hyperparameters={"beta": 0.1, "delta": 0.0, "beta1": 5.0, "beta2": 1.0},
+        aggregation="dv",
+        temperature=-1.0,
+        sampling_ratio=0.5,
+        scope="global",
+        gamma=1.0,
+        alpha=1.0,
+        retain_loss_type="NLL",
+        retain_reduction="token_mean",
+        retain_dro=False,
+        seed=0,
     )
     layout = StepLayout(1, args.batch, 1)
     positions = layout.local_positions(args.batch, 0, 0)
@@ -125,8 +143,12 @@ def main() -> None:
     our_time, our_mem = timed(lambda: (model.zero_grad(set_to_none=True), ours()), args.steps, device)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # only the reference style keeps one
     ref_time, ref_mem = timed(
-        lambda: (model.zero_grad(set_to_none=True), reference_style_step(model, ref_model, forget, retain, 0.1, 1.0)),
-        args.steps, device,
+        lambda: (
+            model.zero_grad(set_to_none=True),
+            reference_style_step(model, ref_model, forget, retain, 0.1, 1.0),
+        ),
+        args.steps,
+        device,
     )
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

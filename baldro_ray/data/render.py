@@ -7,7 +7,7 @@ templates given as tags: the full text and the prompt are tokenised separately a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,20 +92,6 @@ def encode_qa(
             f"(max_length={max_length}): it is empty or cut off"
         )
     return {"input_ids": ids, "labels": labels}
-
-
-def encode_rows(
-    rows: Sequence[Mapping[str, Any]], tokenizer: Any, template: PromptTemplate, max_length: int, source: str
-) -> list[dict[str, Any]]:
-    """Encode QA rows, keeping their position as ``index``; the error names ``source`` and the 0-based row."""
-    encoded = []
-    for index, row in enumerate(rows):
-        try:
-            sample = encode_qa(tokenizer, row["question"], row["answer"], template, max_length)
-        except EncodingError as err:
-            raise EncodingError(f"{source}, row {index} (0-based), field 'answer': {err}") from None
-        encoded.append({"index": index, **sample})
-    return encoded
 
 
 def pad_batch(batch: Mapping[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -1,9 +1,8 @@
-"""Pieces every worker loop shares: seeding, optimiser and schedule, dataset shards, the final-model checkpoint."""
+"""Pieces the worker loops share: seeding, thread count, the learning-rate schedule, padded dataset batches."""
 
 from __future__ import annotations
 
 import random
-import tempfile
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -25,14 +24,6 @@ def seed_everything(seed: int, rank: int) -> None:
 def set_worker_threads(cpus_per_worker: float) -> None:
     """One intra-op thread per CPU the worker holds, so co-located workers do not fight over cores."""
     torch.set_num_threads(max(1, int(cpus_per_worker)))
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (biases and norm gains excluded), as Hugging Face's Trainer."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -66,21 +57,3 @@ def iter_padded_batches(
         drop_last=drop_last,
         **shuffle,
     )
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face model inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
-
-
-def save_final_checkpoint(model: torch.nn.Module, tokenizer: Any, metrics: dict[str, Any], rank: int) -> None:
-    """Report ``metrics`` from every rank; rank 0 attaches the model and tokenizer as a Ray Train checkpoint."""
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        unwrap(model).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

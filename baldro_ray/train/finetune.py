@@ -17,32 +17,24 @@ from baldro_ray.config import FinetuneConfig
 from baldro_ray.data.render import PromptTemplate
 
 
-def _train_one(
-    model: Any, shard: Any, pad_token_id: int, settings: FinetuneConfig, steps_per_epoch: int
-) -> float:
+def _train_one(backend: Any, shard: Any, pad_token_id: int, settings: FinetuneConfig, rank: int) -> float:
     import ray.train.torch
 
     from baldro_ray.objectives import retain_nll
-    from baldro_ray.train.common import build_optimizer, build_scheduler, iter_padded_batches
+    from baldro_ray.train.common import iter_padded_batches
 
-    rank = ray.train.get_context().get_world_rank()
-    optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
-    warmup = round(settings.warmup_epochs * steps_per_epoch)
-    scheduler = build_scheduler(optimizer, warmup, settings.epochs * steps_per_epoch, "linear")
     device = ray.train.torch.get_device()
     mean_loss = math.nan
     for epoch in range(settings.epochs):
         total, steps = 0.0, 0
         seed = settings.seed * 100_003 + epoch * 1_009 + rank
         for batch in iter_padded_batches(shard, settings.per_device_batch_size, pad_token_id, seed):
-            logits = model(
+            logits = backend.model(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            )
-            loss = retain_nll(logits.logits, batch["labels"].to(device))
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            ).logits
+            loss = retain_nll(logits, batch["labels"].to(device))
+            backend.backward(loss)
+            backend.step()
             total += float(loss)
             steps += 1
         mean_loss = total / max(steps, 1)
@@ -53,27 +45,32 @@ def finetune_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: for each job, a fresh copy of the base model trained on the job's dataset shard
     (token-mean answer NLL, AdamW, linear warm-up and decay, DDP); rank 0 saves every model in one checkpoint."""
     import ray.train
-    import ray.train.torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from baldro_ray.models.tiny import load_model
-    from baldro_ray.train.common import seed_everything, set_worker_threads, unwrap
+    from baldro_ray.train.backend import BackendSpec, build_backend
+    from baldro_ray.train.common import build_scheduler, seed_everything, set_worker_threads
 
     settings = FinetuneConfig.model_validate(config["settings"])
     rank = ray.train.get_context().get_world_rank()
     set_worker_threads(settings.cpus_per_worker)
+    tokenizer = AutoTokenizer.from_pretrained(config["base_model"])
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as out:
         for job in config["jobs"]:
             seed_everything(settings.seed, rank)
-            model, tokenizer = load_model(config["base_model"])
-            model = ray.train.torch.prepare_model(model)
-            shard = ray.train.get_dataset_shard(job)
-            metrics[f"{job}/train_loss"] = _train_one(
-                model, shard, tokenizer.pad_token_id, settings, config["steps_per_epoch"][job]
+            steps = config["steps_per_epoch"][job]
+            backend = build_backend(
+                BackendSpec(),
+                lambda: AutoModelForCausalLM.from_pretrained(config["base_model"]),
+                settings.lr,
+                settings.weight_decay,
+                lambda opt, steps=steps: build_scheduler(
+                    opt, round(settings.warmup_epochs * steps), settings.epochs * steps, "linear"
+                ),
             )
-            if rank == 0:
-                unwrap(model).save_pretrained(Path(out) / job)
-                tokenizer.save_pretrained(Path(out) / job)
+            shard = ray.train.get_dataset_shard(job)
+            metrics[f"{job}/train_loss"] = _train_one(backend, shard, tokenizer.pad_token_id, settings, rank)
+            backend.save_pretrained(Path(out) / job, tokenizer)
         checkpoint = ray.train.Checkpoint.from_directory(out) if rank == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
 

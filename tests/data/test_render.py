@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baldro_ray.data.render import TEMPLATES, EncodingError, PromptTemplate, encode_qa, encode_rows, pad_batch
+from baldro_ray.data.render import TEMPLATES, EncodingError, PromptTemplate, encode_qa, pad_batch
 from baldro_ray.models.tiny import TINY_TEMPLATE, train_tokenizer
 from baldro_ray.objectives import IGNORE_INDEX
 
@@ -59,13 +59,11 @@ def test_empty_answer_is_an_error(tokenizer, answer: str) -> None:
         encode_qa(tokenizer, "Where was Mara Kell born?", answer, TEMPLATES["tiny"], 64)
 
 
-def test_answer_cut_off_by_max_length_names_source_and_row(tokenizer) -> None:
-    rows = [{"question": "Who wrote the book Silver Rain?", "answer": "Mara Kell."}] * 2
-    n_prompt = encode_qa(tokenizer, rows[0]["question"], "x", TEMPLATES["tiny"], 64)["labels"].count(
-        IGNORE_INDEX
-    )
-    with pytest.raises(EncodingError, match=r"forget10\.json, row 0 \(0-based\), field 'answer'"):
-        encode_rows(rows, tokenizer, TEMPLATES["tiny"], n_prompt, "forget10.json")
+def test_answer_cut_off_by_max_length_is_an_error(tokenizer) -> None:
+    question = "Who wrote the book Silver Rain?"
+    n_prompt = encode_qa(tokenizer, question, "x", TEMPLATES["tiny"], 64)["labels"].count(IGNORE_INDEX)
+    with pytest.raises(EncodingError, match=f"prompt of {n_prompt} tokens"):
+        encode_qa(tokenizer, question, "Mara Kell.", TEMPLATES["tiny"], n_prompt)
 
 
 def test_pad_batch_right_pads_and_stacks_extra_columns() -> None:
