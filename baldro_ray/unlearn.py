@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from baldro_ray.config import ConfigError, RunConfig, dump_config
+from baldro_ray.hub import is_hub_id
 from baldro_ray.objectives import get_forget_loss
 
 CONFIG_FILE = "config.yaml"
@@ -53,7 +54,7 @@ class UnlearnOutcome:
 def _check_model(path: str) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
-    if not os.path.exists(path) and path.count("/") != 1:
+    if not os.path.exists(path) and not is_hub_id(path):
         raise ConfigError(f"model.name_or_path {path!r} does not exist (and is not an 'owner/name' hub id)")
     try:
         vocab = AutoConfig.from_pretrained(path).vocab_size

@@ -16,12 +16,12 @@ MUSE subset names are ``"<config>/<split>"``, e.g. ``"knowmem/forget_qa"``, the 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from baldro_ray.data.readers import DATA_SUFFIXES, DataError, read_record_file
+from baldro_ray.hub import is_hub_id
 
 Rows = list[dict[str, Any]]
 
@@ -59,8 +59,6 @@ MUSE_CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
 MUSE_CHUNKED_CONFIGS = frozenset({"raw"})
 
 SOURCE_KINDS: tuple[str, ...] = ("tofu", "muse", "files", "synthetic")
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @runtime_checkable
@@ -193,7 +191,7 @@ def _resolve(location: str | Path) -> Path | None:
         return path
     if path.exists():
         raise DataError(f"{path}: expected a folder of data files or a hub name 'owner/name', got a file")
-    if isinstance(location, str) and _HUB_ID.fullmatch(location):
+    if isinstance(location, str) and is_hub_id(location):
         return None
     raise DataError(f"{path}: no such folder (and not a Hugging Face hub name 'owner/name')")
 

@@ -118,8 +118,8 @@ def forget_quality(
     """Two-sided two-sample KS test (``scipy.stats.ks_2samp``) between the two models' forget truth ratios.
 
     Returns ``pvalue`` (forget quality), ``statistic`` (KS D) and ``log10_pvalue``. When ``pvalue`` underflows
-    to 0.0, ``log10_pvalue`` is the leading term of Kolmogorov's asymptotic tail ``p ~= 2 exp(-2 en D^2)`` with
-    ``en = n*m/(n+m)``, i.e. ``log10(2) - 2 en D^2 / ln(10)``: finite and increasing as D falls. (scipy's
+    to 0.0, ``log10_pvalue`` is the leading term of Kolmogorov's asymptotic tail ``p ~= 2 exp(-2 en D^2)``
+    with ``en = n*m/(n+m)``, i.e. ``log10(2) - 2 en D^2 / ln(10)``: finite and increasing as D falls. (scipy's
     ``kstwo.logsf`` is no help here: it is ``log(sf)`` and is ``-inf`` wherever ks_2samp's p-value is 0.)
     """
     a = _array("unlearned_forget_tr", unlearned_forget_tr, 1, allow_inf=True)

@@ -14,7 +14,6 @@ Tokenizer invariants (see ``train_tokenizer``):
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -32,6 +31,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from baldro_ray.hub import is_hub_id
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 USER_TAG, ASSISTANT_TAG = "<|user|>", "<|assistant|>"
@@ -58,7 +59,6 @@ CHAT_TEMPLATE = (
 
 _BYTE_ALPHABET_SIZE = 256
 # "owner/name" as on the Hugging Face hub; anything else that is not a local path is a typo'd path.
-_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
@@ -197,7 +197,7 @@ def load_model(
     than the model's vocabulary.
     """
     name = os.fspath(name_or_path)
-    if not os.path.exists(name) and not _HUB_NAME.fullmatch(name):
+    if not os.path.exists(name) and not is_hub_id(name):
         raise FileNotFoundError(f"model path {name!r} does not exist (and is not an 'owner/name' hub id)")
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
