@@ -139,7 +139,8 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> Unlearn
 
     from baldro_ray.cluster import worker_env
     from baldro_ray.data.pipeline import qa_dataset
-    from baldro_ray.train.unlearn import MODEL_DIR, TRAJECTORY_FILE, unlearn_loop
+    from baldro_ray.train.telemetry import STEPS_FILE, TRAJECTORY_FILE
+    from baldro_ray.train.unlearn import MODEL_DIR, unlearn_loop
 
     config, out = run.config, run.output_dir
     if out.exists():
@@ -182,7 +183,8 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> Unlearn
     try:
         with result.checkpoint.as_directory() as checkpoint:
             shutil.copytree(Path(checkpoint) / MODEL_DIR, staging / MODEL_DIR)
-            shutil.copy2(Path(checkpoint) / TRAJECTORY_FILE, staging / TRAJECTORY_FILE)
+            for name in (TRAJECTORY_FILE, STEPS_FILE):
+                shutil.copy2(Path(checkpoint) / name, staging / name)
         (staging / CONFIG_FILE).write_text(dump_config(config))
         summary = {"name": run.name, "model_path": run.model_path, "seconds": seconds, "metrics": metrics}
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

@@ -16,15 +16,18 @@ from baldro_ray.objectives import weight_diagnostics
 from baldro_ray.train.step import StepResult
 
 TRAJECTORY_COLUMNS = ("sample_id", "epoch", "step", "loss", "avg_nll", "dro_weight")
+TRAJECTORY_FILE = "trajectory.parquet"  # one row per forget sample per optimizer step
+STEPS_FILE = "steps.parquet"  # one row per optimizer step: epoch, step and the train/* metrics
 
 
 class Telemetry:
-    """Accumulates step metrics and trajectory rows; ``write`` saves the trajectory atomically as parquet."""
+    """Accumulates step metrics and trajectory rows; ``write`` saves both tables atomically as parquet."""
 
-    def __init__(self, rows: dict[str, list[Any]] | None = None) -> None:
-        self.rows: dict[str, list[Any]] = (
-            {c: list(rows[c]) for c in TRAJECTORY_COLUMNS} if rows else {c: [] for c in TRAJECTORY_COLUMNS}
-        )
+    def __init__(
+        self, rows: dict[str, list[Any]] | None = None, steps: list[dict[str, float]] | None = None
+    ) -> None:
+        self.rows: dict[str, list[Any]] = {c: list(rows[c]) if rows else [] for c in TRAJECTORY_COLUMNS}
+        self.steps: list[dict[str, float]] = list(steps or [])
 
     def record(self, result: StepResult, epoch: int, step: int, lr: float) -> dict[str, float]:
         """Add the step's per-sample rows; return its metrics (namespaced as the trackers log them)."""
@@ -39,7 +42,7 @@ class Telemetry:
             self.rows["loss"].append(sample["loss"])
             self.rows["avg_nll"].append(sample["avg_nll"])
             self.rows["dro_weight"].append(result.sample_weights[position])
-        return {
+        metrics = {
             "train/loss": result.loss,
             "train/forget_loss": result.forget_loss,
             "train/retain_loss": result.retain_loss,
@@ -48,6 +51,8 @@ class Telemetry:
             "train/dro_entropy": diag.entropy,
             "train/dro_max_weight": diag.max_weight,
         }
+        self.steps.append({"epoch": epoch, "step": step, **metrics})
+        return metrics
 
     def table(self) -> pa.Table:
         return pa.table(
@@ -61,21 +66,29 @@ class Telemetry:
             }
         )
 
-    def write(self, path: Path) -> None:
-        """Write the trajectory to ``path`` atomically (temp file + rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        try:
-            pq.write_table(self.table(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    def write(self, directory: Path) -> None:
+        """Write ``trajectory.parquet`` and ``steps.parquet`` into ``directory``, each atomically."""
+        _write_atomic(self.table(), directory / TRAJECTORY_FILE)
+        _write_atomic(pa.Table.from_pylist(self.steps), directory / STEPS_FILE)
 
     @classmethod
-    def read(cls, path: Path) -> Telemetry:
-        return cls(pq.read_table(path).to_pydict())
+    def read(cls, directory: Path) -> Telemetry:
+        return cls(
+            pq.read_table(directory / TRAJECTORY_FILE).to_pydict(),
+            pq.read_table(directory / STEPS_FILE).to_pylist(),
+        )
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def format_progress(epoch: int, epochs: int, step: int, steps: int, metrics: dict[str, float]) -> str:

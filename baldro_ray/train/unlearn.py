@@ -25,7 +25,6 @@ from baldro_ray.train.telemetry import Telemetry, format_progress
 
 STATE_DIR = "state"
 MODEL_DIR = "model"
-TRAJECTORY_FILE = "trajectory.parquet"
 
 
 def step_config(run: RunConfig) -> StepConfig:
@@ -137,7 +136,7 @@ def unlearn_loop(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = backend.load_checkpoint(Path(directory) / STATE_DIR)
-            telemetry = Telemetry.read(Path(directory) / TRAJECTORY_FILE) if rank == 0 else telemetry
+            telemetry = Telemetry.read(Path(directory)) if rank == 0 else telemetry
         start_epoch = state["epoch"]
         torch.set_rng_state(state["torch_rng"][rank])
     exchange = TorchDistributedExchange()
@@ -189,7 +188,7 @@ def _report_epoch(
         if epoch == epochs:
             backend.save_pretrained(root / MODEL_DIR, tokenizer)
         if rank == 0:
-            telemetry.write(root / TRAJECTORY_FILE)
+            telemetry.write(root)
         has_files = any(p.is_file() for p in root.rglob("*"))
         checkpoint = ray.train.Checkpoint.from_directory(directory) if has_files else None
         ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -75,22 +76,35 @@ def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
     "method",
     [
         ("method.dro.type=dv", "method.dro.temperature=-1"),
+        ("method.dro.type=dv", "method.dro.temperature=1"),
         ("method.dro.type=group", "method.dro.sampling_ratio=0.5"),
     ],
-    ids=["dv-reference", "group"],
+    ids=["dv-reference", "dv-textbook", "group"],
 )
 def test_one_step_is_the_same_with_one_or_two_workers(
     ray_cluster, workspace: Path, method: tuple[str, ...]
 ) -> None:
-    one = train(
-        workspace, f"one-{method[0]}", *method, "trainer.num_workers=1", "trainer.per_device_batch_size=8"
-    )
-    two = train(
-        workspace, f"two-{method[0]}", *method, "trainer.num_workers=2", "trainer.per_device_batch_size=4"
-    )
+    tag = "-".join(m.split("=")[1] for m in method)
+    one = train(workspace, f"one-{tag}", *method, "trainer.num_workers=1", "trainer.per_device_batch_size=8")
+    two = train(workspace, f"two-{tag}", *method, "trainer.num_workers=2", "trainer.per_device_batch_size=4")
     initial = load_file(workspace / "model" / "model.safetensors")
     assert max_relative_difference(one, initial) > 1e-4  # the step moved the weights
     assert max_relative_difference(two, one) < 1e-6
+
+    # the telemetry of the 2-worker run: every forget sample once, weights as the aggregation defines them
+    out = workspace / "runs" / f"two-{tag}" / "run"
+    trajectory = pq.read_table(out / "trajectory.parquet").to_pandas()
+    steps = pq.read_table(out / "steps.parquet").to_pylist()
+    assert sorted(trajectory["sample_id"]) == list(range(8)) and len(steps) == 1
+    weights = trajectory["dro_weight"].to_numpy()
+    assert weights.sum() == pytest.approx(1.0)
+    if "group" in tag:
+        assert sorted(weights) == [0.0] * 4 + [0.25] * 4
+    else:
+        t = float(method[1].split("=")[1])
+        losses = trajectory["loss"].to_numpy()
+        assert weights == pytest.approx(np.exp(losses / t) / np.exp(losses / t).sum(), rel=1e-9)
+    assert steps[0]["train/dro_ess"] == pytest.approx(1 / (weights**2).sum(), rel=1e-9)
 
 
 def batch(pairs: list[tuple[str, str]], tokenizer) -> dict[str, torch.Tensor]:
