@@ -1,0 +1,281 @@
+"""Single-process TOFU evaluation in open-unlearning's ``TOFU_EVAL.json`` layout (BALDRO.md, "TOFU").
+
+The work per split is two functions of rows, so a sharded (Ray Data) evaluator can run them on shards and
+concatenate: :func:`split_avg_nlls` (teacher-forced average NLLs of the answer, the correct answer and every
+perturbed answer, batched through ``score_rows``) and :func:`greedy_generate`. :func:`split_metrics` then
+turns the per-sample arrays of a whole split into metric entries; it touches no model.
+
+Result layout (open-unlearning's): ``{metric: {"agg_value": float, "value_by_index": {"0": {...}, ...}}}``,
+``value_by_index`` keyed by the row's 0-based position in the split as a string. Per-sample entries:
+
+* ``*_Q_A_Prob``: ``{"prob": exp(-a), "avg_loss": a}``; ``*_Q_A_Prob_normalised``:
+  ``{"prob": P_c / (P_c + sum P_w)}`` with ``P_c`` the answer's probability; agg = mean.
+* ``*_Q_A_ROUGE``: ``{"rougeL_recall", "input" (question), "ground_truth" (answer), "generation"}``;
+  agg = mean. The generation is greedy, up to ``max_new_tokens``, cut at eos.
+* truth ratios: ``{"score": TR}`` (``metrics.truth_ratio``; no epsilon, so TR may be ``inf``); agg =
+  ``truth_ratio_score(kind="forget")`` on forget, ``kind="utility"`` elsewhere.
+* ``model_utility`` and ``forget_quality`` are aggregates only (no ``value_by_index``), as in open-unlearning;
+  ``forget_quality`` carries ``statistic`` and ``log10_pvalue`` beside ``agg_value`` (the p-value).
+
+Every perturbed split must give each row the same number of perturbed answers (TOFU does), so wrong-answer
+NLLs form an ``[N, K]`` array.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from baldro_ray.data.render import PromptTemplate
+from baldro_ray.data.sources import TofuSource
+from baldro_ray.eval import metrics as M
+from baldro_ray.eval.scoring import score_rows
+
+EVAL_FILE = "TOFU_EVAL.json"
+SUMMARY_FILE = "TOFU_SUMMARY.json"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How one TOFU split is scored: metric names, subset, correct-answer column, truth-ratio aggregation."""
+
+    prefix: str
+    subset: str  # "{forget_split}" is replaced by the forget split's name
+    correct_column: str  # P_correct of the truth ratio
+    normalised: bool  # Prob is normalised over the perturbed answers (real authors, world facts)
+    truth_ratio_name: str
+    truth_ratio_kind: str
+
+    @property
+    def prob_name(self) -> str:
+        return f"{self.prefix}_Q_A_Prob" + ("_normalised" if self.normalised else "")
+
+    @property
+    def rouge_name(self) -> str:
+        return f"{self.prefix}_Q_A_ROUGE"
+
+
+SPLITS: tuple[SplitSpec, ...] = (
+    SplitSpec(
+        "forget", "{forget_split}_perturbed", "paraphrased_answer", False, "forget_truth_ratio", "forget"
+    ),
+    SplitSpec("retain", "retain_perturbed", "paraphrased_answer", False, "retain_Truth_Ratio", "utility"),
+    SplitSpec("ra", "real_authors_perturbed", "answer", True, "ra_Truth_Ratio", "utility"),
+    SplitSpec("wf", "world_facts_perturbed", "answer", True, "wf_Truth_Ratio", "utility"),
+)
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    questions: Sequence[str],
+    template: PromptTemplate,
+    max_new_tokens: int = 200,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy continuation of each question's prompt, decoded without special tokens and cut at the first eos.
+
+    Prompts are tokenised as ``encode_qa`` tokenises them and left-padded, so a question's output does not
+    depend on the batch it lands in (up to floating-point ties).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(questions), batch_size):
+            prompts = []
+            for question in questions[start : start + batch_size]:
+                text, _, special = template.texts(tokenizer, question, "")
+                prompts.append(list(tokenizer(text, add_special_tokens=special)["input_ids"]))
+            width = max(len(p) for p in prompts)
+            input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for row, ids in enumerate(prompts):
+                input_ids[row, width - len(ids) :] = torch.as_tensor(ids)
+                attention_mask[row, width - len(ids) :] = 1
+            generated = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )[:, width:].cpu()
+            for new_ids in generated.tolist():
+                if tokenizer.eos_token_id in new_ids:
+                    new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
+                outputs.append(tokenizer.decode(new_ids, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def split_avg_nlls(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    template: PromptTemplate,
+    correct_column: str,
+    max_length: int = 512,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """Average answer NLLs of ``rows``: ``answer`` ``[N]``, ``correct`` ``[N]`` (``correct_column``) and
+    ``perturbed`` ``[N, K]``, all from one batched ``score_rows`` pass (the answer is scored once when it is
+    the correct one)."""
+    counts = {len(row["perturbed_answer"]) for row in rows}
+    if len(counts) != 1:
+        raise ValueError(f"rows have differing numbers of perturbed answers {sorted(counts)}; expected one K")
+    (k,) = counts
+    n = len(rows)
+    pairs = [(row["question"], row["answer"]) for row in rows]
+    if correct_column != "answer":
+        pairs += [(row["question"], row[correct_column]) for row in rows]
+    pairs += [(row["question"], wrong) for row in rows for wrong in row["perturbed_answer"]]
+    qa = [{"question": q, "answer": a} for q, a in pairs]
+    nll_sum, n_tokens = score_rows(model, tokenizer, qa, template, max_length, batch_size)
+    avg = nll_sum / n_tokens
+    answer = avg[:n]
+    correct = answer if correct_column == "answer" else avg[n : 2 * n]
+    return {"answer": answer, "correct": correct, "perturbed": avg[len(avg) - n * k :].reshape(n, k)}
+
+
+def _entry(agg_value: float, per_sample: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {
+        "agg_value": float(agg_value),
+        "value_by_index": {str(i): dict(v) for i, v in enumerate(per_sample)},
+    }
+
+
+def split_metrics(
+    spec: SplitSpec,
+    rows: Sequence[Mapping[str, Any]],
+    nlls: Mapping[str, np.ndarray],
+    generations: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """The split's Prob (or normalised Prob), ROUGE and truth-ratio entries from ``split_avg_nlls`` arrays and
+    the greedy generations, all aligned with ``rows``."""
+    answers = [row["answer"] for row in rows]
+    if spec.normalised:
+        probs = M.normalised_probability(nlls["answer"], nlls["perturbed"])
+        prob_values = [{"prob": float(p)} for p in probs]
+    else:
+        probs = M.answer_probability(nlls["answer"])
+        prob_values = [{"prob": float(p), "avg_loss": float(a)} for p, a in zip(probs, nlls["answer"])]
+    rouge = M.rouge_l_recall(generations, answers)
+    rouge_values = [
+        {"rougeL_recall": float(r), "input": row["question"], "ground_truth": gt, "generation": gen}
+        for r, row, gt, gen in zip(rouge, rows, answers, generations)
+    ]
+    tr = M.truth_ratio(nlls["correct"], nlls["perturbed"])
+    return {
+        spec.prob_name: _entry(probs.mean(), prob_values),
+        spec.rouge_name: _entry(rouge.mean(), rouge_values),
+        spec.truth_ratio_name: _entry(
+            M.truth_ratio_score(tr, spec.truth_ratio_kind), [{"score": float(t)} for t in tr]
+        ),
+    }
+
+
+def forget_truth_ratios(result: Mapping[str, Any], source: str = "evaluation") -> np.ndarray:
+    """Per-sample ``forget_truth_ratio`` scores of a TOFU_EVAL dict, in index order.
+
+    Raises one ``ValueError`` naming ``source`` and the key path that is missing or not numeric.
+    """
+    node: Any = result
+    path = ""
+    for key in ("forget_truth_ratio", "value_by_index"):
+        path = f"{path}.{key}" if path else key
+        if not isinstance(node, Mapping) or key not in node:
+            raise ValueError(f"{source}: missing key {path}")
+        node = node[key]
+    if not isinstance(node, Mapping) or not node:
+        raise ValueError(f"{source}: {path} must be a non-empty mapping of index -> {{'score': number}}")
+    scores = []
+    for index in sorted(node, key=lambda i: (len(str(i)), str(i))):
+        value = node[index].get("score") if isinstance(node[index], Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"{source}: {path}.{index}.score is {value!r}; expected a number")
+        scores.append(float(value))
+    return np.array(scores)
+
+
+def evaluate_tofu(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    source: TofuSource,
+    forget_split: str,
+    template: PromptTemplate,
+    max_length: int = 512,
+    max_new_tokens: int = 200,
+    retain_eval: Mapping[str, Any] | None = None,
+    batch_size: int = 16,
+) -> dict[str, dict[str, Any]]:
+    """Every split's entries (see module docstring), ``model_utility`` (``metrics.model_utility`` of the nine
+    ``UTILITY_KEYS`` agg values) and, given the retain model's TOFU_EVAL dict, ``forget_quality`` (KS test of
+    this model's per-sample forget truth ratios against the retain model's)."""
+    result: dict[str, dict[str, Any]] = {}
+    for spec in SPLITS:
+        rows = source.load(spec.subset.format(forget_split=forget_split))
+        nlls = split_avg_nlls(model, tokenizer, rows, template, spec.correct_column, max_length, batch_size)
+        generations = greedy_generate(
+            model, tokenizer, [row["question"] for row in rows], template, max_new_tokens, batch_size
+        )
+        result.update(split_metrics(spec, rows, nlls, generations))
+    result["model_utility"] = {
+        "agg_value": M.model_utility({key: result[key]["agg_value"] for key in M.UTILITY_KEYS})
+    }
+    if retain_eval is not None:
+        fq = M.forget_quality(forget_truth_ratios(result), forget_truth_ratios(retain_eval, "retain_eval"))
+        result["forget_quality"] = {
+            "agg_value": fq["pvalue"], "statistic": fq["statistic"], "log10_pvalue": fq["log10_pvalue"]
+        }  # fmt: skip
+    return result
+
+
+def load_retain_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an open-unlearning ``TOFU_EVAL.json``; ``ValueError`` naming the file (and key path) unless it is
+    a JSON object whose ``forget_truth_ratio.value_by_index`` entries all carry a numeric ``score``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        # ValueError, not TypeError: callers catch one error type for every malformed file.
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
+    forget_truth_ratios(data, str(path))
+    return data
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_eval(result: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``TOFU_EVAL.json`` (``result``) and ``TOFU_SUMMARY.json`` (metric -> agg_value) into ``out_dir``,
+    each atomically (temp file + ``os.replace``); return ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out / EVAL_FILE, result)
+    _write_json_atomic(out / SUMMARY_FILE, {name: entry["agg_value"] for name, entry in result.items()})
+    return out
