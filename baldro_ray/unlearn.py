@@ -52,7 +52,10 @@ class UnlearnOutcome:
 
 
 def _check_model(path: str) -> None:
+    """Config and tokenizer only (cheap even for a 7B model): the weights load in the workers."""
     from transformers import AutoConfig, AutoTokenizer
+
+    from baldro_ray.models.tiny import check_vocabulary
 
     if not os.path.exists(path) and not is_hub_id(path):
         raise ConfigError(f"model.name_or_path {path!r} does not exist (and is not an 'owner/name' hub id)")
@@ -61,11 +64,10 @@ def _check_model(path: str) -> None:
         tokens = len(AutoTokenizer.from_pretrained(path))
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.name_or_path {path!r} cannot be loaded: {err}") from err
-    if tokens > vocab:
-        raise ConfigError(
-            f"the tokenizer of {path!r} has {tokens} tokens but the model's vocabulary has {vocab}: "
-            "they do not belong together"
-        )
+    try:
+        check_vocabulary(tokens, vocab, path)
+    except ValueError as err:
+        raise ConfigError(f"model.name_or_path: {err}") from None
 
 
 def resolve_run(

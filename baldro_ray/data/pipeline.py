@@ -114,11 +114,11 @@ class _ReferenceScorer:
 
     def __init__(self, model_path: str, dtype: str | None) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs = {} if dtype is None else {"dtype": getattr(torch, dtype)}
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).eval()
-        self.pad_token_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
+        from baldro_ray.models.tiny import load_model
+
+        model, tokenizer = load_model(model_path, None if dtype is None else getattr(torch, dtype))
+        self.model, self.pad_token_id = model.eval(), tokenizer.pad_token_id
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from baldro_ray.data.render import pad_batch

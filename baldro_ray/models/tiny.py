@@ -149,11 +149,12 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _check_vocab(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, name: str) -> None:
-    if len(tokenizer) > model.config.vocab_size:
+def check_vocabulary(tokenizer_size: int, vocab_size: int, name: str) -> None:
+    """Raise ``ValueError`` when a tokenizer has more tokens than the model's vocabulary: they don't belong together."""
+    if tokenizer_size > vocab_size:
         raise ValueError(
-            f"tokenizer of {name!r} has {len(tokenizer)} tokens but the model's vocab_size is "
-            f"{model.config.vocab_size}: the tokenizer does not match the model's vocabulary"
+            f"tokenizer of {name!r} has {tokenizer_size} tokens but the model's vocab_size is {vocab_size}: "
+            "the tokenizer does not match the model's vocabulary"
         )
 
 
@@ -166,7 +167,7 @@ def save_model(
     holds a partial save. An existing ``out_dir`` is first renamed aside and deleted after the swap; a crash
     exactly between the two renames leaves ``out_dir`` absent and the old copy in ``.<name>.tmp-*.old``.
     """
-    _check_vocab(tokenizer, model, str(out_dir))
+    check_vocabulary(len(tokenizer), model.config.vocab_size, str(out_dir))
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -206,5 +207,5 @@ def load_model(
     except OSError as err:
         where = "local folder" if os.path.exists(name) else "Hugging Face hub model (or missing local path)"
         raise OSError(f"could not load {where} {name!r}: {err}") from err
-    _check_vocab(tokenizer, model, name)
+    check_vocabulary(len(tokenizer), model.config.vocab_size, name)
     return model, tokenizer

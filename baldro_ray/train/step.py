@@ -307,7 +307,9 @@ def run_step(
 ) -> StepResult:
     """Forward, exchange, weigh and back-propagate one optimizer step; the caller then steps the optimizer.
 
-    ``backward`` must accumulate the gradient of its argument averaged over ranks (DDP semantics).
+    ``backward`` must accumulate the gradient of its argument averaged over ranks (DDP semantics). With one
+    micro-batch the graph of the value pass is reused; with several, the values come from a no-grad pass and each
+    micro-batch is forwarded again with gradients, so only one micro-batch's activations are alive at a time.
     """
     gathered_positions = exchange.all_gather_object(
         [int(p) for m in micro_batches for p in m.forget_positions]

@@ -90,7 +90,9 @@ def unlearn_loop(config: dict[str, Any]) -> None:
     """Ray Train worker entry point; ``config`` holds the resolved run config and the model path."""
     import ray.train
     import ray.train.torch
+    from transformers import AutoTokenizer
 
+    from baldro_ray.models.tiny import load_model
     from baldro_ray.train.backend import BackendSpec, build_backend
     from baldro_ray.train.common import build_scheduler, seed_everything, set_worker_threads
 
@@ -116,10 +118,10 @@ def unlearn_loop(config: dict[str, Any]) -> None:
         trainer.gradient_clipping,
     )
     model_path = config["model_path"]
-    tokenizer = _tokenizer(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     backend = build_backend(
         spec,
-        lambda: _model(model_path, dtype),
+        lambda: load_model(model_path, dtype)[0],
         trainer.lr,
         trainer.weight_decay,
         lambda opt: build_scheduler(
@@ -127,7 +129,9 @@ def unlearn_loop(config: dict[str, Any]) -> None:
         ),
     )
     ref_model = (
-        _model(model_path, dtype).eval().requires_grad_(False) if cfg.retain_loss_type == "KL" else None
+        load_model(model_path, dtype)[0].eval().requires_grad_(False)
+        if cfg.retain_loss_type == "KL"
+        else None
     )
     if ref_model is not None:
         ref_model.to(ray.train.torch.get_device())
@@ -192,16 +196,3 @@ def _report_epoch(
         has_files = any(p.is_file() for p in root.rglob("*"))
         checkpoint = ray.train.Checkpoint.from_directory(directory) if has_files else None
         ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)
-
-
-def _tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def _model(path: str, dtype: torch.dtype | None) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    kwargs = {} if dtype is None else {"dtype": dtype}
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
