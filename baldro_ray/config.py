@@ -212,6 +212,49 @@ class EmbeddedConfig(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
 
 
+class EvaluationConfig(_Section):
+    """Evaluation of the unlearned model (TOFU metrics for synthetic/tofu data, MUSE metrics for muse data)."""
+
+    enabled: bool = Field(default=True, description="evaluate after unlearning")
+    every_epoch: bool = Field(
+        default=True, description="save and evaluate every epoch's model; the best one is kept as best_model/"
+    )
+    replicas: int = Field(default=1, ge=1, description="model replicas in the Ray Data actor pool")
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    use_gpu: bool = Field(default=False, description="one GPU per replica")
+    batch_size: int = Field(default=16, ge=1, description="rows per scoring or generation batch")
+    max_new_tokens: int = Field(default=200, ge=1, description="greedy generation length (TOFU ROUGE)")
+    retain_model: str | None = Field(
+        default=None,
+        description="the retain model (folder or hub name) for forget quality and privleak; "
+        "synthetic data: the embedded retain model",
+    )
+    retain_logs_path: str | None = Field(
+        default=None, description="an open-unlearning TOFU_EVAL.json of the retain model, used instead"
+    )
+    forget_weight: float = Field(default=1.0, ge=0, description="combined score: weight of 1 - KS statistic")
+    utility_weight: float = Field(default=1.0, ge=0, description="combined score: weight of model utility")
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking: an embedded sqlite store under output_dir unless a tracking URI is given."""
+
+    enabled: bool = True
+    tracking_uri: str | None = Field(
+        default=None,
+        description="null: $MLFLOW_TRACKING_URI if set, else sqlite:///<output_dir>/mlflow.db",
+    )
+    experiment: str = "baldro-ray"
+    on_unreachable: Literal["fail", "local"] = Field(
+        default="fail",
+        description="fail before training, or record into the local sqlite store and keep a marker to sync later",
+    )
+    log_model: bool = Field(default=True, description="log the final model as an MLflow transformers model")
+    registered_model_name: str | None = Field(
+        default=None, description="also register the logged model under this name"
+    )
+
+
 class RunConfig(_Section):
     """One unlearning run."""
 
@@ -220,6 +263,8 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     trainer: TrainerConfig = TrainerConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    tracking: TrackingConfig = TrackingConfig()
     output_dir: str = "outputs"
 
 
