@@ -1,9 +1,9 @@
 """Single-process TOFU evaluation in open-unlearning's ``TOFU_EVAL.json`` layout (BALDRO.md, "TOFU").
 
-The work per split is two functions of rows, so a sharded (Ray Data) evaluator can run them on shards and
-concatenate: :func:`split_avg_nlls` (teacher-forced average NLLs of the answer, the correct answer and every
-perturbed answer, batched through ``score_rows``) and :func:`greedy_generate`. :func:`split_metrics` then
-turns the per-sample arrays of a whole split into metric entries; it touches no model.
+Each split becomes a list of inference requests (:func:`split_requests`: teacher-forced scores of the answer,
+the correct answer and every perturbed answer, and a greedy generation per question); the whole evaluation is
+one call of an :class:`~baldro_ray.eval.inference.Inference` (in process or a Ray Data replica pool), and
+:func:`split_metrics` turns a split's per-sample arrays into metric entries without touching a model.
 
 Result layout (open-unlearning's): ``{metric: {"agg_value": float, "value_by_index": {"0": {...}, ...}}}``,
 ``value_by_index`` keyed by the row's 0-based position in the split as a string. Per-sample entries:
@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from baldro_ray.data.render import PromptTemplate
 from baldro_ray.data.sources import TofuSource
 from baldro_ray.eval import metrics as M
-from baldro_ray.eval.scoring import score_rows
+from baldro_ray.eval.inference import Generate, Inference, Request, Result, Score
+from baldro_ray.eval.privacy import extraction_entry, mia_entries, privleak_entry
 
 EVAL_FILE = "TOFU_EVAL.json"
 SUMMARY_FILE = "TOFU_SUMMARY.json"
@@ -74,80 +73,29 @@ SPLITS: tuple[SplitSpec, ...] = (
 )
 
 
-@torch.no_grad()
-def greedy_generate(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    questions: Sequence[str],
-    template: PromptTemplate,
-    max_new_tokens: int = 200,
-    batch_size: int = 16,
-) -> list[str]:
-    """Greedy continuation of each question's prompt, decoded without special tokens and cut at the first eos.
-
-    Prompts are tokenised as ``encode_qa`` tokenises them and left-padded, so a question's output does not
-    depend on the batch it lands in (up to floating-point ties).
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs: list[str] = []
-    try:
-        for start in range(0, len(questions), batch_size):
-            prompts = []
-            for question in questions[start : start + batch_size]:
-                text, _, special = template.texts(tokenizer, question, "")
-                prompts.append(list(tokenizer(text, add_special_tokens=special)["input_ids"]))
-            width = max(len(p) for p in prompts)
-            input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-            for row, ids in enumerate(prompts):
-                input_ids[row, width - len(ids) :] = torch.as_tensor(ids)
-                attention_mask[row, width - len(ids) :] = 1
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )[:, width:].cpu()
-            for new_ids in generated.tolist():
-                if tokenizer.eos_token_id in new_ids:
-                    new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
-                outputs.append(tokenizer.decode(new_ids, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return outputs
-
-
-def split_avg_nlls(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    rows: Sequence[Mapping[str, Any]],
-    template: PromptTemplate,
-    correct_column: str,
-    max_length: int = 512,
-    batch_size: int = 32,
-) -> dict[str, np.ndarray]:
-    """Average answer NLLs of ``rows``: ``answer`` ``[N]``, ``correct`` ``[N]`` (``correct_column``) and
-    ``perturbed`` ``[N, K]``, all from one batched ``score_rows`` pass (the answer is scored once when it is
-    the correct one)."""
+def split_requests(
+    rows: Sequence[Mapping[str, Any]], correct_column: str, max_new_tokens: int
+) -> list[Request]:
+    """One split's requests: the answer, the correct answer (``correct_column``) and every perturbed answer
+    scored, then one generation per question. ``split_results`` reads the results back in this order."""
     counts = {len(row["perturbed_answer"]) for row in rows}
     if len(counts) != 1:
         raise ValueError(f"rows have differing numbers of perturbed answers {sorted(counts)}; expected one K")
-    (k,) = counts
-    n = len(rows)
-    pairs = [(row["question"], row["answer"]) for row in rows]
-    if correct_column != "answer":
-        pairs += [(row["question"], row[correct_column]) for row in rows]
-    pairs += [(row["question"], wrong) for row in rows for wrong in row["perturbed_answer"]]
-    qa = [{"question": q, "answer": a} for q, a in pairs]
-    nll_sum, n_tokens = score_rows(model, tokenizer, qa, template, max_length, batch_size)
-    avg = nll_sum / n_tokens
-    answer = avg[:n]
-    correct = answer if correct_column == "answer" else avg[n : 2 * n]
-    return {"answer": answer, "correct": correct, "perturbed": avg[len(avg) - n * k :].reshape(n, k)}
+    requests: list[Request] = [Score(row["question"], row["answer"]) for row in rows]
+    requests += [Score(row["question"], row[correct_column]) for row in rows]
+    requests += [Score(row["question"], wrong) for row in rows for wrong in row["perturbed_answer"]]
+    return requests + [Generate(row["question"], max_new_tokens) for row in rows]
+
+
+def split_results(
+    rows: Sequence[Mapping[str, Any]], results: Sequence[Result]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``({"answer" [N], "correct" [N], "perturbed" [N, K]} average NLLs, generations)`` of ``split_requests``."""
+    n, k = len(rows), len(rows[0]["perturbed_answer"])
+    scores, generations = results[: n * (2 + k)], list(results[n * (2 + k) :])
+    avg = np.array([r["nll_sum"] / r["n_tokens"] for r in scores])
+    nlls = {"answer": avg[:n], "correct": avg[n : 2 * n], "perturbed": avg[2 * n :].reshape(n, k)}
+    return nlls, generations
 
 
 def _entry(agg_value: float, per_sample: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -211,30 +159,51 @@ def forget_truth_ratios(result: Mapping[str, Any], source: str = "evaluation") -
 
 
 def evaluate_tofu(
-    model: torch.nn.Module,
-    tokenizer: Any,
+    inference: Inference,
     source: TofuSource,
     forget_split: str,
-    template: PromptTemplate,
-    max_length: int = 512,
+    holdout_split: str | None = None,
     max_new_tokens: int = 200,
     retain_eval: Mapping[str, Any] | None = None,
-    batch_size: int = 16,
 ) -> dict[str, dict[str, Any]]:
     """Every split's entries (see module docstring), ``model_utility`` (``metrics.model_utility`` of the nine
-    ``UTILITY_KEYS`` agg values) and, given the retain model's TOFU_EVAL dict, ``forget_quality`` (KS test of
-    this model's per-sample forget truth ratios against the retain model's)."""
+    ``UTILITY_KEYS`` agg values), with ``holdout_split`` the membership attacks (forget vs holdout),
+    ``extraction_strength`` and ``privleak``, and given the retain model's TOFU_EVAL dict ``forget_quality``
+    (KS test of this model's per-sample forget truth ratios against the retain model's).
+
+    All requests go to ``inference`` in one call (one replica job).
+    """
+    splits = [(spec, source.load(spec.subset.format(forget_split=forget_split))) for spec in SPLITS]
+    segments = [split_requests(rows, spec.correct_column, max_new_tokens) for spec, rows in splits]
+    members = source.load(forget_split) if holdout_split else []
+    nonmembers = source.load(holdout_split) if holdout_split else []
+    for rows in (members, nonmembers):
+        segments.append([Score(row["question"], row["answer"], token_stats=True) for row in rows])
+    results = inference.run([request for segment in segments for request in segment])
     result: dict[str, dict[str, Any]] = {}
-    for spec in SPLITS:
-        rows = source.load(spec.subset.format(forget_split=forget_split))
-        nlls = split_avg_nlls(model, tokenizer, rows, template, spec.correct_column, max_length, batch_size)
-        generations = greedy_generate(
-            model, tokenizer, [row["question"] for row in rows], template, max_new_tokens, batch_size
-        )
+    offset = 0
+    parts = []
+    for segment in segments:
+        parts.append(results[offset : offset + len(segment)])
+        offset += len(segment)
+    for (spec, rows), part in zip(splits, parts):
+        nlls, generations = split_results(rows, part)
         result.update(split_metrics(spec, rows, nlls, generations))
     result["model_utility"] = {
         "agg_value": M.model_utility({key: result[key]["agg_value"] for key in M.UTILITY_KEYS})
     }
+    if holdout_split:
+        member_results, nonmember_results = parts[-2], parts[-1]
+        result.update(
+            mia_entries(
+                member_results,
+                [r["answer"] for r in members],
+                nonmember_results,
+                [r["answer"] for r in nonmembers],
+            )
+        )
+        result["extraction_strength"] = extraction_entry(member_results)
+        result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
     if retain_eval is not None:
         fq = M.forget_quality(forget_truth_ratios(result), forget_truth_ratios(retain_eval, "retain_eval"))
         result["forget_quality"] = {
@@ -258,7 +227,8 @@ def load_retain_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temp file and ``os.replace``: the file is complete or absent."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -271,11 +241,15 @@ def _write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def write_eval(result: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``TOFU_EVAL.json`` (``result``) and ``TOFU_SUMMARY.json`` (metric -> agg_value) into ``out_dir``,
-    each atomically (temp file + ``os.replace``); return ``out_dir``."""
+def write_eval(
+    result: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike[str], benchmark: str = "TOFU"
+) -> Path:
+    """Write ``<benchmark>_EVAL.json`` (``result``) and ``<benchmark>_SUMMARY.json`` (metric -> agg_value) into
+    ``out_dir``, each atomically (temp file + ``os.replace``); return ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / EVAL_FILE, result)
-    _write_json_atomic(out / SUMMARY_FILE, {name: entry["agg_value"] for name, entry in result.items()})
+    write_json_atomic(out / f"{benchmark}_EVAL.json", result)
+    write_json_atomic(
+        out / f"{benchmark}_SUMMARY.json", {name: entry["agg_value"] for name, entry in result.items()}
+    )
     return out

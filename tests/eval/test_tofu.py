@@ -17,11 +17,13 @@ from baldro_ray.data.render import TEMPLATES, encode_qa, pad_batch
 from baldro_ray.data.sources import TofuSource
 from baldro_ray.data.synthetic import SyntheticConfig, write_benchmark
 from baldro_ray.eval import tofu
+from baldro_ray.eval.inference import LocalInference
 from baldro_ray.eval.metrics import UTILITY_KEYS
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokenizer
 
 TEMPLATE = TEMPLATES["tiny"]
 FORGET = "forget10"
+HOLDOUT = "holdout10"
 REQUIRED = (
     "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", *UTILITY_KEYS, "model_utility",
 )  # fmt: skip
@@ -59,7 +61,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, TofuSourc
 @pytest.fixture(scope="module")
 def result(setup: tuple[Any, Any, TofuSource]) -> dict[str, Any]:
     model, tokenizer, source = setup
-    return tofu.evaluate_tofu(model, tokenizer, source, FORGET, TEMPLATE, max_length=128, max_new_tokens=8)
+    return tofu.evaluate_tofu(_local(model, tokenizer), source, FORGET, HOLDOUT, max_new_tokens=8)
+
+
+def _local(model: Any, tokenizer: Any) -> LocalInference:
+    return LocalInference(model, tokenizer, TEMPLATE, max_length=128, batch_size=7)
 
 
 def _direct_avg_nll(model: Any, tokenizer: Any, question: str, answer: str) -> float:
@@ -148,21 +154,9 @@ def test_model_utility_is_hmean(result: dict[str, Any]) -> None:
 
 def test_forget_quality_against_itself(result: dict[str, Any], setup: tuple[Any, Any, TofuSource]) -> None:
     model, tokenizer, source = setup
-    again = tofu.evaluate_tofu(
-        model, tokenizer, source, FORGET, TEMPLATE, max_length=128, max_new_tokens=8, retain_eval=result
-    )
+    again = tofu.evaluate_tofu(_local(model, tokenizer), source, FORGET, max_new_tokens=8, retain_eval=result)
     fq = again["forget_quality"]
     assert fq["agg_value"] == 1.0 and fq["statistic"] == 0.0 and fq["log10_pvalue"] == 0.0
-
-
-def test_greedy_batched_equals_one_by_one(setup: tuple[Any, Any, TofuSource]) -> None:
-    model, tokenizer, source = setup
-    questions = [r["question"] for r in source.load("full")[:6] + source.load("world_facts")[:3]]
-    assert len({len(tokenizer(q)["input_ids"]) for q in questions}) > 1  # left padding actually happens
-    batched = tofu.greedy_generate(model, tokenizer, questions, TEMPLATE, max_new_tokens=8, batch_size=4)
-    single = [tofu.greedy_generate(model, tokenizer, [q], TEMPLATE, max_new_tokens=8)[0] for q in questions]
-    assert batched == single
-    assert all(isinstance(text, str) and tokenizer.eos_token not in text for text in batched)
 
 
 def test_write_load_round_trip(result: dict[str, Any], tmp_path: Path) -> None:
@@ -204,3 +198,62 @@ def test_not_json_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not valid JSON") as err:
         tofu.load_retain_eval(path)
     assert str(path) in str(err.value)
+
+
+def _direct_token_log_probs(model: Any, tokenizer: Any, question: str, answer: str) -> np.ndarray:
+    prompt = tokenizer(TEMPLATE.prompt(question))["input_ids"]
+    full = tokenizer(TEMPLATE.full(question, answer))["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([full])).logits[0].double()
+    log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return np.array([log_probs[t - 1, full[t]].item() for t in range(len(prompt), len(full))])
+
+
+def test_membership_attacks_privleak_extraction(
+    result: dict[str, Any], setup: tuple[Any, Any, TofuSource]
+) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    model, tokenizer, source = setup
+
+    def min_k(split: str) -> list[float]:
+        out = []
+        for row in source.load(split):
+            lp = np.sort(_direct_token_log_probs(model, tokenizer, row["question"], row["answer"]))
+            out.append(lp[: max(1, int(0.4 * lp.size))].mean())
+        return out
+
+    inside, outside = min_k(FORGET), min_k(HOLDOUT)
+    auc = roc_auc_score([1] * len(inside) + [0] * len(outside), inside + outside)
+    assert result["mia_min_k"]["agg_value"] == pytest.approx(auc, abs=1e-12)
+    scores = [v["score"] for v in result["mia_min_k"]["value_by_index"].values()]
+    np.testing.assert_allclose(scores, inside, rtol=1e-5)
+    for name in ("mia_loss", "mia_zlib", "mia_min_k_plus_plus"):
+        assert 0.0 <= result[name]["agg_value"] <= 1.0
+        assert len(result[name]["holdout_value_by_index"]) == len(outside)
+    # No retain logs: open-unlearning's reference AUC of 0.5.
+    assert result["privleak"]["reference_auc"] == 0.5
+    assert result["privleak"]["agg_value"] == pytest.approx(((1 - auc) - 0.5) / 0.5 * 100)
+    row = source.load(FORGET)[0]
+    prompt = tokenizer(TEMPLATE.prompt(row["question"]))["input_ids"]
+    full = tokenizer(TEMPLATE.full(row["question"], row["answer"]))["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        predicted = model(input_ids=torch.tensor([full])).logits[0].argmax(-1).tolist()
+    correct = [predicted[t - 1] == full[t] for t in range(len(prompt), len(full))]
+    wrong = [i for i, c in enumerate(correct) if not c]
+    expected = 1.0 - (0 if not wrong else wrong[-1] + 1) / len(correct)
+    assert result["extraction_strength"]["value_by_index"]["0"]["score"] == pytest.approx(expected)
+
+
+def test_privleak_against_retain_logs(setup: tuple[Any, Any, TofuSource], result: dict[str, Any]) -> None:
+    model, tokenizer, source = setup
+    auc = result["mia_min_k"]["agg_value"]
+    again = tofu.evaluate_tofu(
+        _local(model, tokenizer), source, FORGET, HOLDOUT, 8, {**result, "mia_min_k": {"agg_value": 0.6}}
+    )
+    assert again["privleak"]["reference"] == "retain model"
+    assert again["privleak"]["agg_value"] == pytest.approx(((1 - auc) - 0.4) / 0.4 * 100)
+    perfect = tofu.evaluate_tofu(
+        _local(model, tokenizer), source, FORGET, HOLDOUT, 8, {**result, "mia_min_k": {"agg_value": 1.0}}
+    )
+    assert math.isnan(perfect["privleak"]["agg_value"])

@@ -1,0 +1,232 @@
+"""Batched model inference for evaluation: teacher-forced scoring and greedy generation of request lists.
+
+A request is a frozen, hashable value (:class:`Score` or :class:`Generate`). :func:`plan_chunks` deduplicates a
+request list and cuts it into batches (same kind and settings, sorted by text length to limit padding);
+:func:`run_chunk` runs one batch on a model. Both a single-process :class:`LocalInference` and the Ray Data replica
+pool (:mod:`baldro_ray.eval.replicas`) use these two functions, so a request's result does not depend on the
+executor or on the number of replicas: the same batches are formed either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, Union
+
+import numpy as np
+import torch
+
+from baldro_ray.data.render import PromptTemplate, encode_qa, pad_batch
+from baldro_ray.objectives import sequence_nll
+from baldro_ray.objectives.nll import IGNORE_INDEX
+
+RAW = PromptTemplate()  # no tags: the text is scored (or continued) as it is
+
+
+@dataclass(frozen=True)
+class Score:
+    """Summed NLL and count of the answer tokens given the prompt (``raw``: ``answer`` is plain text, no prompt).
+
+    With ``token_stats`` the result also holds, per answer token, its log-probability, the mean and standard
+    deviation of log p over the vocabulary at that position (Min-K%++), and whether the argmax is the token.
+    """
+
+    question: str
+    answer: str
+    raw: bool = False
+    token_stats: bool = False
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Greedy continuation of the rendered question (``raw``: of the text as it is), cut at eos and at the first
+    occurrence of any ``stop`` string."""
+
+    question: str
+    max_new_tokens: int
+    raw: bool = False
+    stop: tuple[str, ...] = ()
+
+
+Request = Union[Score, Generate]
+Result = Union[dict[str, Any], str]  # Score -> {"nll_sum", "n_tokens"[, token stats]}, Generate -> text
+
+
+class Inference(Protocol):
+    """Runs requests; ``run(requests)[i]`` is the result of ``requests[i]``."""
+
+    def run(self, requests: Sequence[Request]) -> list[Result]: ...
+
+
+def _batch_key(request: Request) -> tuple:
+    if isinstance(request, Score):
+        return ("score", request.raw, request.token_stats)
+    return ("generate", request.raw, request.max_new_tokens, request.stop)
+
+
+def plan_chunks(requests: Sequence[Request], batch_size: int) -> tuple[list[Request], list[list[int]]]:
+    """``(unique, chunks)``: the distinct requests in first-seen order and batches of indices into them.
+
+    A batch holds requests of one kind and settings, sorted by text length; the plan depends only on the
+    requests and ``batch_size``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    unique = list(dict.fromkeys(requests))
+    groups: dict[tuple, list[int]] = {}
+    for i, request in enumerate(unique):
+        groups.setdefault(_batch_key(request), []).append(i)
+    chunks = []
+    for key in sorted(groups, key=repr):
+        members = sorted(
+            groups[key], key=lambda i: len(unique[i].question) + len(getattr(unique[i], "answer", ""))
+        )
+        chunks += [members[s : s + batch_size] for s in range(0, len(members), batch_size)]
+    return unique, chunks
+
+
+def encode_request(request: Request) -> dict[str, Any]:
+    """A request as a JSON-able dict (the replicas receive requests this way)."""
+    return {"kind": type(request).__name__, **asdict(request)}
+
+
+def decode_request(data: dict[str, Any]) -> Request:
+    """The inverse of :func:`encode_request`."""
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    if data["kind"] == "Generate":
+        return Generate(**{**fields, "stop": tuple(fields.get("stop", ()))})
+    return Score(**fields)
+
+
+def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
+    """Per answer token of one sequence: log p(token), mean and std of log p over the vocabulary, argmax hit."""
+    shifted, targets = logits[:-1], labels[1:]
+    mask = targets != IGNORE_INDEX
+    log_probs = torch.log_softmax(shifted[mask].double(), dim=-1)
+    tokens = targets[mask]
+    probs = log_probs.exp()
+    mu = (probs * log_probs).sum(-1)
+    sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp_min(0).sqrt()
+    return {
+        "log_probs": log_probs.gather(-1, tokens[:, None])[:, 0].tolist(),
+        "mu": mu.tolist(),
+        "sigma": sigma.tolist(),
+        "correct": (shifted[mask].argmax(-1) == tokens).tolist(),
+    }
+
+
+@torch.no_grad()
+def _score(
+    model: Any, tokenizer: Any, template: PromptTemplate, chunk: Sequence[Score], max_length: int
+) -> list:
+    encoded = [
+        encode_qa(tokenizer, r.question, r.answer, RAW if r.raw else template, max_length) for r in chunk
+    ]
+    batch = pad_batch(
+        {"input_ids": [e["input_ids"] for e in encoded], "labels": [e["labels"] for e in encoded]},
+        tokenizer.pad_token_id,
+    )
+    device = next(model.parameters()).device
+    labels = batch["labels"].to(device)
+    logits = model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    ).logits
+    nll_sum, n_tokens = sequence_nll(logits, labels)
+    results = []
+    for i, request in enumerate(chunk):
+        result: dict[str, Any] = {"nll_sum": float(nll_sum[i].double()), "n_tokens": int(n_tokens[i])}
+        if request.token_stats:
+            result.update(_token_stats(logits[i], labels[i]))
+        results.append(result)
+    return results
+
+
+@torch.no_grad()
+def _generate(model: Any, tokenizer: Any, template: PromptTemplate, chunk: Sequence[Generate]) -> list[str]:
+    """Left-padded greedy generation, so a prompt's continuation does not depend on its batch's widths."""
+    prompts = []
+    for request in chunk:
+        text, _, special = (RAW if request.raw else template).texts(tokenizer, request.question, "")
+        prompts.append(list(tokenizer(text, add_special_tokens=special)["input_ids"]))
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids) :] = torch.as_tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    device = next(model.parameters()).device
+    generated = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        do_sample=False,
+        max_new_tokens=chunk[0].max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )[:, width:].cpu()
+    outputs = []
+    for request, new_ids in zip(chunk, generated.tolist()):
+        if tokenizer.eos_token_id in new_ids:
+            new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
+        text = tokenizer.decode(new_ids, skip_special_tokens=True)
+        for stop in request.stop:
+            text = text.split(stop, 1)[0]
+        outputs.append(text)
+    return outputs
+
+
+def run_chunk(
+    model: Any, tokenizer: Any, template: PromptTemplate, chunk: Sequence[Request], max_length: int
+) -> list[Result]:
+    """The results of one batch from :func:`plan_chunks` (all of one kind), in its order."""
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(chunk[0], Score):
+            return _score(model, tokenizer, template, chunk, max_length)
+        return _generate(model, tokenizer, template, chunk)
+    finally:
+        model.train(was_training)
+
+
+def scatter(
+    requests: Sequence[Request],
+    unique: Sequence[Request],
+    chunks: Sequence[Sequence[int]],
+    chunk_results: dict[int, list[Result]],
+) -> list[Result]:
+    """Map per-chunk results back onto ``requests`` (duplicates share one result)."""
+    by_request: dict[Request, Result] = {}
+    for c, chunk in enumerate(chunks):
+        for i, result in zip(chunk, chunk_results[c]):
+            by_request[unique[i]] = result
+    return [by_request[r] for r in requests]
+
+
+class LocalInference:
+    """Runs requests in this process on an already loaded model."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        template: PromptTemplate,
+        max_length: int = 512,
+        batch_size: int = 16,
+    ) -> None:
+        self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def run(self, requests: Sequence[Request]) -> list[Result]:
+        unique, chunks = plan_chunks(requests, self.batch_size)
+        results = {
+            c: run_chunk(
+                self.model, self.tokenizer, self.template, [unique[i] for i in chunk], self.max_length
+            )
+            for c, chunk in enumerate(chunks)
+        }
+        return scatter(requests, unique, chunks, results)
+
+
+def stats_arrays(results: Sequence[dict[str, Any]], key: str) -> list[np.ndarray]:
+    """One per-token array per Score result (``log_probs``, ``mu``, ``sigma`` or ``correct``)."""
+    return [np.asarray(r[key], dtype=bool if key == "correct" else np.float64) for r in results]

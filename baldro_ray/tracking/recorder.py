@@ -1,0 +1,427 @@
+"""MLflow records of unlearning runs: where they go, a reachability check before training, and one run's recorder.
+
+Invariants:
+
+* A run this module creates never stays RUNNING after an exception in our code: :meth:`RunRecorder.start` ends it
+  FAILED when its own set-up fails and the context manager ends it FAILED when the body raises. A recorder from
+  :meth:`RunRecorder.attach` (a Ray Train worker logging live) never ends the run; its owner does.
+* Records are never dropped silently: with an unreachable server and ``tracking.on_unreachable=local`` they go to the
+  sqlite store under ``output_dir`` and ``mlflow_pending_sync.json`` there names both stores.
+* Only finite metric values are logged; a sqlite store keeps its artifacts under ``output_dir/mlartifacts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from packaging.version import Version
+
+from baldro_ray.config import ConfigError, RunConfig, TrackingConfig, dump_config, flatten_config
+
+LOCAL_DB = "mlflow.db"
+LOCAL_ARTIFACTS = "mlartifacts"
+PENDING_SYNC_FILE = "mlflow_pending_sync.json"
+MODEL_NAME = "model"
+# MLflow's limits (mlflow.utils.validation): values longer than this, or larger batches, are rejected.
+_PARAM_VALUE_MAX, _KEY_MAX, _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 6000, 250, 100, 1000
+_CHECK_ENV = {  # the pre-training check must fail in seconds, not after MLflow's ~4 minutes of retries
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+}
+_T = TypeVar("_T")
+
+
+def local_tracking_uri(output_dir: Path) -> str:
+    """``sqlite:///<absolute output_dir>/mlflow.db``; creates ``output_dir``."""
+    folder = Path(output_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / LOCAL_DB}"
+
+
+def resolve_tracking_uri(settings: TrackingConfig, output_dir: Path) -> str:
+    """``settings.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else :func:`local_tracking_uri`."""
+    return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(output_dir)
+
+
+def _is_remote(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https", "databricks")
+
+
+def _redact(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _artifact_location(uri: str, output_dir: Path | None) -> str | None:
+    """Where a new experiment of a local store keeps artifacts (MLflow's default is ./mlruns of the cwd)."""
+    if _is_remote(uri):
+        return None  # the server decides (mlflow-artifacts:/ when it proxies artifacts)
+    if output_dir is None:
+        if not uri.startswith("sqlite:///"):
+            return None
+        output_dir = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    return (Path(output_dir).resolve() / LOCAL_ARTIFACTS).as_uri()
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location``) if absent; ConfigError if deleted."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:
+            experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"MLflow experiment {name!r} in {_redact(client.tracking_uri)} is deleted: restore it "
+            "(mlflow experiments restore) or choose another tracking.experiment"
+        )
+    return experiment.experiment_id
+
+
+@contextlib.contextmanager
+def _quick_http() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in _CHECK_ENV}
+    os.environ.update(_CHECK_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_tracking(settings: TrackingConfig, output_dir: Path) -> str:
+    """The tracking URI to record into, verified before any compute (the experiment exists afterwards).
+
+    An unusable store raises :class:`ConfigError` (``on_unreachable=fail``) or, with ``local``, falls back to the
+    sqlite store under ``output_dir`` and writes ``mlflow_pending_sync.json`` naming the intended store.
+    """
+    uri = resolve_tracking_uri(settings, output_dir)
+    try:
+        with _quick_http():
+            ensure_experiment(MlflowClient(uri), settings.experiment, _artifact_location(uri, output_dir))
+        return uri
+    except ConfigError:
+        raise
+    except Exception as err:
+        problem = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    local = local_tracking_uri(output_dir)
+    if settings.on_unreachable == "fail" or uri == local:
+        raise ConfigError(
+            f"MLflow tracking store {_redact(uri)} is not usable (get or create experiment "
+            f"{settings.experiment!r} failed: {problem}). Start the tracking server or fix tracking.tracking_uri, "
+            f"or set tracking.on_unreachable=local to record into {local} and sync later"
+        )
+    try:
+        ensure_experiment(MlflowClient(local), settings.experiment, _artifact_location(local, output_dir))
+    except Exception as err:
+        raise ConfigError(
+            f"MLflow tracking store {_redact(uri)} is not usable ({problem}) and the local fallback {local} "
+            f"fails too: {err}"
+        ) from err
+    marker = Path(output_dir) / PENDING_SYNC_FILE
+    record = {
+        "intended_tracking_uri": _redact(uri),
+        "local_tracking_uri": local,
+        "experiment": settings.experiment,
+        "error": problem,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "note": "these runs were recorded locally; copy them to the intended store (e.g. mlflow-export-import)",
+    }
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, marker)
+    warnings.warn(
+        f"MLflow tracking store {_redact(uri)} is unreachable ({problem}); recording into {local} instead, "
+        f"see {marker} to sync later",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return local
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """HEAD of the git checkout this package runs from, or None (not a checkout, no git, any error)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None  # an installed copy: an enclosing repository would not be ours
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = done.stdout.strip()
+    return sha if done.returncode == 0 and len(sha) in (40, 64) else None
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for begin in range(0, len(items), size):
+        yield items[begin : begin + size]
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= _PARAM_VALUE_MAX else text[: _PARAM_VALUE_MAX - 3] + "..."
+
+
+def _pip_requirements() -> list[str]:
+    # Explicit, because MLflow's default list pins torchvision and fails where it is not installed.
+    pins = []
+    for name in ("transformers", "torch", "accelerate", "tokenizers", "safetensors"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            pins.append(f"{name}=={Version(importlib.metadata.version(name)).public}")
+    return pins
+
+
+def _model_input(model_dir: Path) -> str | dict[str, Any]:
+    """The folder itself where MLflow can log a local checkpoint, else the loaded model and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipelines
+
+    # MLflow 3.17 reads the pipeline class from check_task()["impl"], a dotted string in transformers 5.
+    if hasattr(pipelines.check_task("text-generation")[1]["impl"], "__name__"):
+        return str(model_dir)
+    return {
+        "model": AutoModelForCausalLM.from_pretrained(model_dir),
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+    }
+
+
+class RunRecorder:
+    """One MLflow run: params, tags, metrics, artifacts and the model; a context manager ending it FAILED on error."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, owns_run: bool) -> None:
+        self.client, self.experiment_id, self.owns_run = client, experiment_id, owns_run
+        self._run_id, self._ended = run_id, False
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def uri(self) -> str:
+        return self.client.tracking_uri
+
+    @classmethod
+    def start(
+        cls,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        config: RunConfig | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        artifact_location: str | None = None,
+    ) -> RunRecorder:
+        """Create a run (nested under ``parent_run_id`` if given) and log ``config``; the run is ended on failure.
+
+        A missing experiment is created; with a local store its artifacts go to ``artifact_location``, by default
+        ``mlartifacts`` next to the sqlite file.
+        """
+        client = MlflowClient(uri)
+        location = artifact_location or _artifact_location(uri, None)
+        return cls._open(
+            client, ensure_experiment(client, experiment, location), run_name, config, parent_run_id, tags
+        )
+
+    @classmethod
+    def _open(
+        cls,
+        client: MlflowClient,
+        experiment_id: str,
+        run_name: str,
+        config: RunConfig | None,
+        parent_run_id: str | None,
+        tags: Mapping[str, Any] | None,
+    ) -> RunRecorder:
+        run_tags = {key: str(value) for key, value in (tags or {}).items()}
+        if parent_run_id is not None:
+            run_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+        recorder = cls(client, run.info.run_id, experiment_id, owns_run=True)
+        with recorder._failing_on_error():
+            if config is not None:
+                recorder.log_config(config)
+        return recorder
+
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> RunRecorder:
+        """A recorder logging into the existing run ``run_id`` (e.g. from a Ray Train rank-0 worker).
+
+        It never ends the run: ``end`` and leaving the context only close the recorder, and the run's owner (the
+        driver's recorder, which sees a worker's failure) sets its final status.
+        """
+        client = MlflowClient(uri)
+        return cls(client, run_id, client.get_run(run_id).info.experiment_id, owns_run=False)
+
+    def child(self, run_name: str, config: RunConfig | None = None) -> RunRecorder:
+        """A nested run in the same experiment, tagged ``mlflow.parentRunId`` = this run."""
+        return self._open(self.client, self.experiment_id, run_name, config, self.run_id, None)
+
+    def log_config(self, config: RunConfig) -> None:
+        """Flattened config as params, ``config.yaml`` as an artifact, and the method / DRO / git tags."""
+        params = [Param(key[:_KEY_MAX], _param_value(v)) for key, v in flatten_config(config).items()]
+        for batch in _chunks(params, _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=batch)
+        self.client.log_text(self.run_id, dump_config(config), "config.yaml")
+        dro = config.method.dro
+        tags = {
+            "method": config.method.name,
+            "dro": dro.type,
+            "temperature": str(dro.temperature),
+            "sampling_ratio": str(dro.sampling_ratio),
+        }
+        if commit := git_commit():
+            tags |= {"git_commit": commit, "mlflow.source.git.commit": commit}
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> int:
+        """Log the finite values at ``step`` (NaN and inf are left out); return how many were logged."""
+        now = int(time.time() * 1000)
+        points = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if math.isfinite(float(v))]
+        self._log_points(points)
+        return len(points)
+
+    def _log_points(self, points: Sequence[Metric]) -> None:
+        for batch in _chunks(points, _METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_step_table(self, steps_parquet: Path) -> int:
+        """Log every numeric column of ``steps.parquet`` but ``step`` as a metric at step = its ``step`` value.
+
+        Finite values only; (key, step) pairs already in the run (logged live) are skipped, so this never
+        duplicates points. Returns how many points were logged.
+        """
+        table = pq.read_table(steps_parquet)
+        if "step" not in table.column_names:
+            raise ValueError(f"{steps_parquet} has no 'step' column (columns: {table.column_names})")
+        steps = table.column("step").to_pylist()
+        now, points = int(time.time() * 1000), []
+        for key in table.column_names:
+            column = table.column(key)
+            if key == "step" or not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+                continue
+            seen = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+            for step, value in zip(steps, column.to_pylist(), strict=True):
+                if step is not None and value is not None and math.isfinite(value) and step not in seen:
+                    points.append(Metric(key, float(value), now, int(step)))
+        self._log_points(points)
+        return len(points)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> str:
+        """Log a ``save_pretrained`` folder (with tokenizer) as an MLflow transformers text-generation model.
+
+        Returns the model URI (``models:/<id>``; ``runs:/<run>/model`` resolves to it too), loadable with
+        ``mlflow.transformers.load_model``, and registers it under ``registered_model_name`` if given. Where
+        MLflow cannot log the folder by path (MLflow 3.17 with transformers 5) the model is loaded in memory to
+        log it. If the transformers flavour fails anyway, the folder is logged as plain artifacts under
+        ``model/`` (with a warning, unregistered) and ``runs:/<run>/model`` is returned.
+        """
+        import mlflow.transformers
+        from huggingface_hub import ModelCard
+
+        model_dir = Path(model_dir).resolve()  # a relative path would look like a hub id to MLflow
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir} is not a saved Hugging Face model (no config.json)")
+        try:
+            # Model.log resolves the store, registry and model status through MLflow's global tracking URI.
+            with _global_tracking_uri(self.uri):
+                model = self.client.create_logged_model(
+                    self.experiment_id, MODEL_NAME, source_run_id=self.run_id
+                )
+                info = mlflow.transformers.log_model(
+                    _model_input(model_dir),
+                    name=MODEL_NAME,
+                    task="text-generation",
+                    run_id=self.run_id,
+                    model_id=model.model_id,  # a model created by Model.log would land in the fluent experiment
+                    registered_model_name=registered_model_name,
+                    pip_requirements=_pip_requirements(),
+                    # given, so that MLflow does not look the local folder up on the Hugging Face hub
+                    model_card=ModelCard(f"Unlearned with baldro-ray, MLflow run {self.run_id}."),
+                )
+        except Exception as err:
+            warnings.warn(
+                f"logging {model_dir} as an MLflow transformers model failed ({err!r}); it is logged as "
+                f"plain artifacts under {MODEL_NAME}/ and not registered",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.log_artifacts(model_dir, MODEL_NAME)
+            return f"runs:/{self.run_id}/{MODEL_NAME}"
+        self.client.set_tag(self.run_id, "model_uri", info.model_uri)
+        return info.model_uri
+
+    def end(self, status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED") -> None:
+        """Set the run's final status (once); an attached recorder only closes itself."""
+        if not self._ended and self.owns_run:
+            self.client.set_terminated(self.run_id, status)
+        self._ended = True
+
+    @contextlib.contextmanager
+    def _failing_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # the original error matters more than a failed end
+                self.end("FAILED")
+            raise
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+            return
+        with contextlib.suppress(Exception):
+            self.end("FAILED")
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    # MLflow's own helper unsets $MLFLOW_TRACKING_URI on the way out even when it was set before: restore it.
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved

@@ -1,0 +1,139 @@
+"""Batched evaluation inference: request planning, scoring and token statistics against direct float64
+computations, batched greedy generation against one-by-one, and the Ray Data replica pool against in-process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from baldro_ray.data.render import TEMPLATES
+from baldro_ray.eval.inference import (
+    Generate,
+    LocalInference,
+    Score,
+    decode_request,
+    encode_request,
+    plan_chunks,
+)
+from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
+
+TEMPLATE = TEMPLATES["tiny"]
+TEXTS = [
+    "Who wrote the Glass Orchard?", "Mara Voss wrote it in 1987.", "Where was Ilan Petr born?",
+    "In a small port town on the northern coast.", "What genre?", "Speculative fiction.",
+    "Which award did she win?", "The Lantern Prize for debut novels, twice.",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer() -> tuple[Any, Any]:
+    tokenizer = train_tokenizer(TEXTS * 4, vocab_size=300)
+    spec = TinyModelSpec(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32)
+    return build_tiny_llama(spec, tokenizer, seed=3).eval(), tokenizer
+
+
+def _requests() -> list[Any]:
+    pairs = list(zip(TEXTS[::2], TEXTS[1::2]))
+    requests: list[Any] = [Score(q, a) for q, a in pairs] + [Score(q, a, token_stats=True) for q, a in pairs]
+    requests += [Score("", TEXTS[3], raw=True, token_stats=True), Score(*pairs[0])]  # a duplicate
+    requests += [Generate(q, 6) for q, _ in pairs] + [Generate(TEXTS[0], 5, raw=True, stop=("e",))]
+    return requests
+
+
+def test_plan_dedupes_groups_and_sorts() -> None:
+    requests = _requests()
+    unique, chunks = plan_chunks(requests, batch_size=3)
+    assert len(unique) == len(requests) - 1
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(unique)))
+    for chunk in chunks:
+        kinds = {
+            (type(unique[i]), getattr(unique[i], "token_stats", None), getattr(unique[i], "raw"))
+            for i in chunk
+        }
+        assert len(kinds) == 1 and len(chunk) <= 3
+    assert plan_chunks(requests, 3) == (unique, chunks)
+    assert all(decode_request(encode_request(r)) == r for r in unique)
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_chunks(requests, 0)
+
+
+def _direct(model: Any, tokenizer: Any, prompt: str, text: str, raw: bool) -> dict[str, np.ndarray]:
+    """Per answer token, by hand in float64: log p, mean and std of log p over the vocabulary, argmax hit."""
+    if raw:
+        prompt_ids = tokenizer("")["input_ids"]
+        full = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    else:
+        prompt_ids = tokenizer(TEMPLATE.prompt(prompt))["input_ids"]
+        full = tokenizer(TEMPLATE.full(prompt, text))["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([full])).logits[0].double()
+    lp = logits - torch.logsumexp(logits, -1, keepdim=True)
+    rows = range(len(prompt_ids) - 1, len(full) - 1)
+    p = lp.exp()
+    return {
+        "log_probs": np.array([lp[t, full[t + 1]].item() for t in rows]),
+        "mu": np.array([(p[t] * lp[t]).sum().item() for t in rows]),
+        "sigma": np.array(
+            [((p[t] * lp[t] ** 2).sum() - (p[t] * lp[t]).sum() ** 2).sqrt().item() for t in rows]
+        ),
+        "correct": np.array([lp[t].argmax().item() == full[t + 1] for t in rows]),
+    }
+
+
+def test_scores_and_token_stats_match_direct(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    requests = _requests()
+    results = LocalInference(model, tokenizer, TEMPLATE, batch_size=3).run(requests)
+    assert results[-1 - 5] == results[0]  # the duplicate gets the same result
+    for request, result in zip(requests, results):
+        if not isinstance(request, Score):
+            continue
+        direct = _direct(model, tokenizer, request.question, request.answer, request.raw)
+        assert result["n_tokens"] == direct["log_probs"].size
+        assert result["nll_sum"] == pytest.approx(-direct["log_probs"].sum(), rel=1e-5)
+        if request.token_stats:
+            for key in ("log_probs", "mu", "sigma"):
+                np.testing.assert_allclose(result[key], direct[key], rtol=1e-5, atol=1e-6)
+            assert result["correct"] == direct["correct"].tolist()
+        else:
+            assert set(result) == {"nll_sum", "n_tokens"}
+
+
+def test_batched_generation_equals_one_by_one(model_and_tokenizer: tuple[Any, Any]) -> None:
+    model, tokenizer = model_and_tokenizer
+    generations = [r for r in _requests() if isinstance(r, Generate)]
+    assert len({len(tokenizer(TEMPLATE.prompt(g.question))["input_ids"]) for g in generations}) > 1
+    batched = LocalInference(model, tokenizer, TEMPLATE, batch_size=4).run(generations)
+    single = [LocalInference(model, tokenizer, TEMPLATE, batch_size=1).run([g])[0] for g in generations]
+    assert batched == single
+    assert all(isinstance(t, str) and tokenizer.eos_token not in t for t in batched)
+    assert "e" not in batched[-1]  # cut at the stop string
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_replicas_equal_in_process(
+    ray_cluster: None, model_and_tokenizer: tuple[Any, Any], tmp_path: Any
+) -> None:
+    from baldro_ray.eval.replicas import ReplicaInference
+
+    model, tokenizer = model_and_tokenizer
+    save_model(model, tokenizer, tmp_path / "model")
+    requests = _requests()
+    local = LocalInference(model, tokenizer, TEMPLATE, batch_size=3).run(requests)
+    one = ReplicaInference(str(tmp_path / "model"), TEMPLATE, batch_size=3, replicas=1).run(requests)
+    two = ReplicaInference(str(tmp_path / "model"), TEMPLATE, batch_size=3, replicas=2).run(requests)
+    assert one == two  # exactly: the same batches on replicas with the same thread count
+    # In process the thread count differs, so float32 reductions may differ in the last bits.
+    for mine, theirs in zip(local, one):
+        if isinstance(mine, str):
+            assert mine == theirs
+        else:
+            assert mine.keys() == theirs.keys()
+            for key in mine:
+                np.testing.assert_allclose(
+                    np.asarray(mine[key], dtype=float), np.asarray(theirs[key], dtype=float), rtol=1e-6
+                )
