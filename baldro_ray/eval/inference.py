@@ -227,6 +227,16 @@ class LocalInference:
         return scatter(requests, unique, chunks, results)
 
 
+def run_segments(inference: Inference, segments: Sequence[Sequence[Request]]) -> list[list[Result]]:
+    """Run every segment's requests in one ``inference.run`` call; return the results segment by segment."""
+    results = inference.run([request for segment in segments for request in segment])
+    parts, offset = [], 0
+    for segment in segments:
+        parts.append(results[offset : offset + len(segment)])
+        offset += len(segment)
+    return parts
+
+
 def stats_arrays(results: Sequence[dict[str, Any]], key: str) -> list[np.ndarray]:
     """One per-token array per Score result (``log_probs``, ``mu``, ``sigma`` or ``correct``)."""
     return [np.asarray(r[key], dtype=bool if key == "correct" else np.float64) for r in results]

@@ -36,7 +36,7 @@ import numpy as np
 
 from baldro_ray.data.sources import TofuSource
 from baldro_ray.eval import metrics as M
-from baldro_ray.eval.inference import Generate, Inference, Request, Result, Score
+from baldro_ray.eval.inference import Generate, Inference, Request, Result, Score, run_segments
 from baldro_ray.eval.privacy import extraction_entry, mia_entries, privleak_entry
 
 EVAL_FILE = "TOFU_EVAL.json"
@@ -179,13 +179,8 @@ def evaluate_tofu(
     nonmembers = source.load(holdout_split) if holdout_split else []
     for rows in (members, nonmembers):
         segments.append([Score(row["question"], row["answer"], token_stats=True) for row in rows])
-    results = inference.run([request for segment in segments for request in segment])
+    parts = run_segments(inference, segments)
     result: dict[str, dict[str, Any]] = {}
-    offset = 0
-    parts = []
-    for segment in segments:
-        parts.append(results[offset : offset + len(segment)])
-        offset += len(segment)
     for (spec, rows), part in zip(splits, parts):
         nlls, generations = split_results(rows, part)
         result.update(split_metrics(spec, rows, nlls, generations))

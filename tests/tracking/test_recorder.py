@@ -113,7 +113,12 @@ def _check_round_trip(client: MlflowClient, run_id: str, child_id: str) -> None:
     assert params["method/dro/type"] == "dv" and params["method/dro/temperature"] == "-0.5"
     assert params["trainer/lr"] == "1e-05" and params["model/tokenizer"] == "None"
     tags = run.data.tags
-    assert (tags["method"], tags["dro"], tags["temperature"], tags["sampling_ratio"]) == ("NPO", "dv", "-0.5", "0.5")
+    assert (tags["method"], tags["dro"], tags["temperature"], tags["sampling_ratio"]) == (
+        "NPO",
+        "dv",
+        "-0.5",
+        "0.5",
+    )
     assert tags["stage"] == "test" and tags["mlflow.runName"] == "unlearn"
     assert tags.get("git_commit") == git_commit()
     assert _history(client, run_id, "eval/score") == {2: 1.5}
@@ -213,7 +218,18 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
         + ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
         + ["--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=log,
@@ -232,7 +248,9 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"mlflow server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield uri
     finally:
@@ -248,10 +266,11 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.timeout(180)
-def test_http_server_round_trip(
-    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert check_tracking(TrackingConfig(tracking_uri=mlflow_server, experiment="exp-x"), tmp_path) == mlflow_server
+def test_http_server_round_trip(mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (
+        check_tracking(TrackingConfig(tracking_uri=mlflow_server, experiment="exp-x"), tmp_path)
+        == mlflow_server
+    )
     run_id, child_id = _round_trip(mlflow_server, tmp_path / "run")
     client = MlflowClient(mlflow_server)
     _check_round_trip(client, run_id, child_id)

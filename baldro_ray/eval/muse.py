@@ -1,0 +1,85 @@
+"""MUSE evaluation in open-unlearning's ``MUSE_EVAL.json`` layout (BALDRO.md, "MUSE evaluation").
+
+* ``forget_verbmem_ROUGE``: ROUGE-L F1 between the greedy 128-token continuation of each ``verbmem/forget`` prompt
+  (raw text, no template) and its ground-truth continuation ``gt``.
+* ``forget_knowmem_ROUGE`` / ``retain_knowmem_ROUGE``: ROUGE-L recall (open-unlearning's ``rougeL_recall``) of the
+  greedy 32-token answer to each ``knowmem/{forget,retain}_qa`` question, asked after the ``*_qa_icl`` few-shot
+  examples in the prompt template's tags and cut at a blank line or the next ``Question``.
+* ``mia_*`` AUCs of ``privleak/forget`` (members) against ``privleak/holdout`` (raw text), and ``privleak``
+  relative to the retain model's ``mia_min_k`` (0.5 without retain logs, as in open-unlearning).
+
+Per-sample entries under ``value_by_index`` as in TOFU_EVAL; all requests go to one ``Inference.run`` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from baldro_ray.data.render import PromptTemplate
+from baldro_ray.data.sources import MuseSource
+from baldro_ray.eval import metrics as M
+from baldro_ray.eval.inference import Generate, Inference, Score, run_segments
+from baldro_ray.eval.privacy import mia_entries, privleak_entry
+
+VERBMEM_NEW_TOKENS = 128
+KNOWMEM_NEW_TOKENS = 32
+KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
+
+
+def few_shot_prompt(template: PromptTemplate, examples: Sequence[Mapping[str, str]], question: str) -> str:
+    """The in-context examples as full QA turns, then ``question``'s prompt."""
+    shots = "".join(template.full(e["question"], e["answer"]) for e in examples)
+    return shots + template.prompt(question)
+
+
+def _rouge_entry(values: Sequence[float], rows: Sequence[Mapping[str, str]], key: str,
+                 generations: Sequence[str], field: str) -> dict[str, Any]:  # fmt: skip
+    by_index = {
+        str(i): {field: float(v), "input": row[key], "ground_truth": row["gt" if key == "prompt" else "answer"],
+                 "generation": g}
+        for i, (v, row, g) in enumerate(zip(values, rows, generations))
+    }  # fmt: skip
+    return {"agg_value": float(sum(values) / len(values)), "value_by_index": by_index}
+
+
+def evaluate_muse(
+    inference: Inference,
+    source: MuseSource,
+    template: PromptTemplate,
+    retain_eval: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """verbmem, knowmem (forget and retain), the membership attacks and privleak of one model."""
+    verbmem = source.load("verbmem/forget")
+    knowmem = {part: source.load(f"knowmem/{part}_qa") for part in ("forget", "retain")}
+    shots = {part: source.load(f"knowmem/{part}_qa_icl") for part in ("forget", "retain")}
+    members, nonmembers = source.load("privleak/forget"), source.load("privleak/holdout")
+    segments: list[list[Any]] = [[Generate(row["prompt"], VERBMEM_NEW_TOKENS, raw=True) for row in verbmem]]
+    for part in ("forget", "retain"):
+        segments.append(
+            [
+                Generate(
+                    few_shot_prompt(template, shots[part], row["question"]),
+                    KNOWMEM_NEW_TOKENS,
+                    True,
+                    KNOWMEM_STOP,
+                )
+                for row in knowmem[part]
+            ]
+        )
+    for rows in (members, nonmembers):
+        segments.append([Score("", row["text"], raw=True, token_stats=True) for row in rows])
+    parts = run_segments(inference, segments)
+    verb_gen, forget_gen, retain_gen, inside, outside = parts
+    result: dict[str, dict[str, Any]] = {
+        "forget_verbmem_ROUGE": _rouge_entry(
+            M.rouge_l_f1(verb_gen, [row["gt"] for row in verbmem]), verbmem, "prompt", verb_gen, "rougeL_f1"
+        )
+    }
+    for part, generations in (("forget", forget_gen), ("retain", retain_gen)):
+        rows = knowmem[part]
+        recall = M.rouge_l_recall(generations, [row["answer"] for row in rows])
+        result[f"{part}_knowmem_ROUGE"] = _rouge_entry(recall, rows, "question", generations, "rougeL_recall")
+    result.update(mia_entries(inside, [r["text"] for r in members], outside, [r["text"] for r in nonmembers]))
+    result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
+    return result

@@ -1,0 +1,119 @@
+"""MUSE evaluator on a tiny MUSE-layout folder: verbmem and knowmem against direct greedy decoding and
+rouge-score, the few-shot prompt by hand, privleak AUC against scikit-learn on hand-computed Min-K%."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from rouge_score import rouge_scorer
+from sklearn.metrics import roc_auc_score
+
+from baldro_ray.data.render import TEMPLATES, PromptTemplate
+from baldro_ray.data.sources import MuseSource
+from baldro_ray.eval.inference import LocalInference
+from baldro_ray.eval.muse import KNOWMEM_NEW_TOKENS, VERBMEM_NEW_TOKENS, evaluate_muse, few_shot_prompt
+from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokenizer
+
+PLAIN = TEMPLATES["plain"]
+FACTS = [
+    "The harbour council of Vell met every spring to count the boats.",
+    "Orin Tal kept bees on the roof of the old customs house.",
+    "A storm in the year of the salt fire broke the northern pier.",
+    "The lighthouse keeper wrote letters that were never sent.",
+    "Market day moved to Thursday after the bridge was rebuilt.",
+    "Children in Vell learn to row before they learn to read.",
+]
+
+
+def _write(folder: Path, name: str, rows: list[dict[str, Any]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text("\n".join(json.dumps(r) for r in rows))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, MuseSource]:
+    root = tmp_path_factory.mktemp("muse")
+    _write(root / "verbmem", "forget", [{"prompt": f[:20], "gt": f[20:]} for f in FACTS[:3]])
+    qa = [{"question": f"What about fact {i}?", "answer": f.split(" ", 3)[-1]} for i, f in enumerate(FACTS)]
+    _write(root / "knowmem", "forget_qa", qa[:2])
+    _write(root / "knowmem", "retain_qa", qa[2:4])
+    _write(root / "knowmem", "forget_qa_icl", qa[4:5])
+    _write(root / "knowmem", "retain_qa_icl", qa[5:])
+    _write(root / "privleak", "forget", [{"text": f} for f in FACTS[:3]])
+    _write(root / "privleak", "holdout", [{"text": f} for f in FACTS[3:]])
+    tokenizer = train_tokenizer(FACTS * 3 + [r["question"] for r in qa], vocab_size=300)
+    spec = TinyModelSpec(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32)
+    model = build_tiny_llama(spec, tokenizer, seed=1).eval()
+    return model, tokenizer, MuseSource(root)
+
+
+@pytest.fixture(scope="module")
+def result(setup: tuple[Any, Any, MuseSource]) -> dict[str, Any]:
+    model, tokenizer, source = setup
+    return evaluate_muse(LocalInference(model, tokenizer, PLAIN, max_length=64, batch_size=2), source, PLAIN)
+
+
+def _greedy(model: Any, tokenizer: Any, text: str, new_tokens: int) -> str:
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, do_sample=False, max_new_tokens=new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    new = out[0, ids.shape[1] :].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_few_shot_prompt_by_hand() -> None:
+    tags = PromptTemplate("Q: ", "\n", "A: ", "\n\n")
+    shots = [{"question": "x?", "answer": "1"}, {"question": "y?", "answer": "2"}]
+    assert few_shot_prompt(tags, shots, "z?") == "Q: x?\nA: 1\n\nQ: y?\nA: 2\n\nQ: z?\nA: "
+
+
+def test_verbmem_and_knowmem(result: dict[str, Any], setup: tuple[Any, Any, MuseSource]) -> None:
+    model, tokenizer, source = setup
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    f1 = []
+    for i, row in enumerate(source.load("verbmem/forget")):
+        generation = _greedy(model, tokenizer, row["prompt"], VERBMEM_NEW_TOKENS)
+        entry = result["forget_verbmem_ROUGE"]["value_by_index"][str(i)]
+        assert entry["generation"] == generation and entry["ground_truth"] == row["gt"]
+        f1.append(scorer.score(row["gt"], generation)["rougeL"].fmeasure)
+        assert entry["rougeL_f1"] == pytest.approx(f1[-1])
+    assert result["forget_verbmem_ROUGE"]["agg_value"] == pytest.approx(np.mean(f1))
+    shots = source.load("knowmem/retain_qa_icl")
+    for i, row in enumerate(source.load("knowmem/retain_qa")):
+        generation = _greedy(
+            model, tokenizer, few_shot_prompt(PLAIN, shots, row["question"]), KNOWMEM_NEW_TOKENS
+        )
+        generation = generation.split("\n\n")[0].split("\nQuestion")[0].split("Question:")[0]
+        entry = result["retain_knowmem_ROUGE"]["value_by_index"][str(i)]
+        assert entry["generation"] == generation
+        assert entry["rougeL_recall"] == pytest.approx(
+            scorer.score(row["answer"], generation)["rougeL"].recall
+        )
+    assert set(result["forget_knowmem_ROUGE"]["value_by_index"]) == {"0", "1"}
+
+
+def test_privleak_auc(result: dict[str, Any], setup: tuple[Any, Any, MuseSource]) -> None:
+    model, tokenizer, source = setup
+
+    def min_k(text: str) -> float:
+        ids = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+        lp = logits - torch.logsumexp(logits, -1, keepdim=True)
+        start = len(tokenizer("")["input_ids"])
+        values = np.sort([lp[t - 1, ids[t]].item() for t in range(start, len(ids))])
+        return values[: max(1, int(0.4 * values.size))].mean()
+
+    inside = [min_k(r["text"]) for r in source.load("privleak/forget")]
+    outside = [min_k(r["text"]) for r in source.load("privleak/holdout")]
+    auc = roc_auc_score([1] * 3 + [0] * 3, inside + outside)
+    assert result["mia_min_k"]["agg_value"] == pytest.approx(auc)
+    assert result["privleak"]["agg_value"] == pytest.approx(((1 - auc) - 0.5) / 0.5 * 100)
