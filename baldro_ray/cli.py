@@ -36,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn = commands.add_parser("unlearn", help="run BalDRO unlearning on Ray Train (DDP or DeepSpeed)")
     _add_config_arguments(unlearn)
     unlearn.add_argument("--name", help="run name (folder under output_dir); default: method-dro-timestamp")
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a model (folder or Hugging Face name) on the config's benchmark with Ray Data replicas",
+    )
+    _add_config_arguments(evaluate)
+    evaluate.add_argument("--model", required=True, help="model folder (save_pretrained) or hub name")
+    evaluate.add_argument(
+        "--target",
+        help="the model before unlearning, for the forgetting-balance report; default: model.name_or_path",
+    )
+    evaluate.add_argument("--out", help="report folder; default: <output_dir>/eval-<model folder name>")
     return parser
 
 
@@ -55,6 +66,33 @@ def _unlearn(config_path: str | None, overrides: Sequence[str], name: str | None
         f"forget {metrics.get('train/forget_loss', float('nan')):.4f}, DRO ESS {metrics.get('train/dro_ess', float('nan')):.2f}\n"
         f"model:      {outcome.model_dir}\ntrajectory: {outcome.trajectory}\nconfig:     {outcome.output_dir / 'config.yaml'}"
     )
+
+
+def _evaluate(config_path: str | None, overrides: Sequence[str], model: str, target: str | None,
+              out: str | None) -> None:  # fmt: skip
+    import json
+    import os
+    from pathlib import Path
+
+    from baldro_ray.cluster import ensure_ray
+    from baldro_ray.eval.evaluate import evaluate_and_report, plan_evaluation, references
+
+    config = load_config(config_path, overrides)
+    if not os.path.exists(model) and "/" not in model:
+        raise ConfigError(f"--model {model!r} does not exist (and is not an 'owner/name' hub id)")
+    ensure_ray()
+    data_dir, retain_model, target = None, None, target or config.model.name_or_path
+    if config.data.source == "synthetic":
+        from baldro_ray.embedded import prepare_embedded
+
+        assets = prepare_embedded(config.embedded, config.data.forget_split)
+        data_dir, retain_model = assets.data_dir, str(assets.retain_model)
+        target = str(assets.target_model) if target == "tiny" else target
+    plan = plan_evaluation(config, data_dir, retain_model)
+    folder = Path(out or Path(config.output_dir) / f"eval-{Path(model).name}")
+    summary = evaluate_and_report(plan, model, references(plan, target), folder)
+    print(json.dumps(summary, indent=2))
+    print(f"report: {folder}")
 
 
 def _finetune(config_path: str | None, overrides: Sequence[str]) -> None:
@@ -85,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _finetune(args.config, args.overrides)
         elif args.command == "unlearn":
             _unlearn(args.config, args.overrides, args.name)
+        elif args.command == "eval":
+            _evaluate(args.config, args.overrides, args.model, args.target, args.out)
     except ConfigError as err:
         print(f"baldro-ray: error: {err}", file=sys.stderr)
         return 2

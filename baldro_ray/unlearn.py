@@ -22,6 +22,8 @@ from baldro_ray.objectives import get_forget_loss
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
+EPOCHS_DIR = "epochs"  # epochs/epoch_NN/: that epoch's model's evaluation report
+BEST_MODEL_DIR = "best_model"  # the epoch model with the best combined score (when several were evaluated)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class ResolvedRun:
     retain_rows: list[dict[str, Any]]
     data_dir: Path | None
     name: str
+    eval_plan: Any = None  # an eval.evaluate.EvalPlan when evaluation.enabled
 
     @property
     def output_dir(self) -> Path:
@@ -49,6 +52,8 @@ class UnlearnOutcome:
     trajectory: Path
     metrics: dict[str, Any]
     seconds: float
+    evaluations: list[dict[str, float]]  # one eval summary per evaluated epoch (empty without evaluation)
+    best_epoch: int | None
 
 
 def _check_model(path: str) -> None:
@@ -83,6 +88,7 @@ def resolve_run(
     except ValueError as err:
         raise ConfigError(f"trainer.deepspeed: {err}") from None
     data_dir: Path | None = None
+    retain_model: str | None = None
     model_path = config.model.name_or_path
     if config.data.source == "synthetic":
         from baldro_ray.embedded import prepare_embedded
@@ -90,6 +96,7 @@ def resolve_run(
         assets = prepare_embedded(config.embedded, config.data.forget_split, log)
         data_dir = assets.data_dir
         source = build_source("synthetic", data_dir)
+        retain_model = str(assets.retain_model)
         if model_path == "tiny":
             model_path = str(assets.target_model)
     else:
@@ -113,8 +120,13 @@ def resolve_run(
             f"{trainer.num_workers} = {per_step} rows per micro-step, but the forget split "
             f"{config.data.forget_split!r} has only {len(forget)} rows"
         )
+    plan = None
+    if config.evaluation.enabled:
+        from baldro_ray.eval.evaluate import plan_evaluation
+
+        plan = plan_evaluation(config, data_dir, retain_model)
     default_name = f"{config.method.name}-{config.method.dro.type}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return ResolvedRun(config, model_path, forget, retain, data_dir, name or default_name)
+    return ResolvedRun(config, model_path, forget, retain, data_dir, name or default_name, plan)
 
 
 def _forget_dataset(run: ResolvedRun) -> Any:
@@ -170,7 +182,8 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> Unlearn
             name=run.name,
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=config.trainer.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Every epoch's model is kept for evaluation when it is evaluated per epoch.
+            checkpoint_config=CheckpointConfig(num_to_keep=None if _per_epoch(config) else 2),
             worker_runtime_env={"env_vars": worker_env()},
         ),
         datasets=datasets,
@@ -187,11 +200,69 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> Unlearn
             shutil.copytree(Path(checkpoint) / MODEL_DIR, staging / MODEL_DIR)
             for name in (TRAJECTORY_FILE, STEPS_FILE):
                 shutil.copy2(Path(checkpoint) / name, staging / name)
+        evaluations, best_epoch = _evaluate_checkpoints(run, result.best_checkpoints or [], staging, log)
         (staging / CONFIG_FILE).write_text(dump_config(config))
-        summary = {"name": run.name, "model_path": run.model_path, "seconds": seconds, "metrics": metrics}
+        summary = {
+            "name": run.name, "model_path": run.model_path, "seconds": seconds, "metrics": metrics,
+            "evaluations": evaluations, "best_epoch": best_epoch,
+        }  # fmt: skip
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         staging.replace(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"run {run.name}: model {out / MODEL_DIR}, trajectory {out / TRAJECTORY_FILE} ({seconds:.1f} s)")
-    return UnlearnOutcome(out, out / MODEL_DIR, out / TRAJECTORY_FILE, metrics, seconds)
+    return UnlearnOutcome(
+        out, out / MODEL_DIR, out / TRAJECTORY_FILE, metrics, seconds, evaluations, best_epoch
+    )
+
+
+def _per_epoch(config: RunConfig) -> bool:
+    return config.evaluation.enabled and config.evaluation.every_epoch
+
+
+def _evaluate_checkpoints(
+    run: ResolvedRun, checkpoints: list[tuple[Any, dict[str, Any]]], staging: Path, log: Callable[[str], None]
+) -> tuple[list[dict[str, float]], int | None]:
+    """Evaluate each kept epoch model outside the training workers (a Ray Data replica job each) into
+    ``staging/epochs/epoch_NN``; keep the best one by the combined score as ``staging/best_model``."""
+    import math
+
+    from baldro_ray.eval.evaluate import evaluate_and_report, references
+    from baldro_ray.train.unlearn import MODEL_DIR
+
+    if run.eval_plan is None:
+        return [], None
+    refs = references(run.eval_plan, run.model_path, log)
+    evaluations = []
+    for checkpoint, metrics in sorted(checkpoints, key=lambda pair: pair[1]["epoch"]):
+        epoch = int(metrics["epoch"])
+        with checkpoint.as_directory() as directory:
+            model = Path(directory) / MODEL_DIR
+            if not model.is_dir():
+                continue
+            log(f"evaluating epoch {epoch}")
+            summary = evaluate_and_report(
+                run.eval_plan, str(model), refs, staging / EPOCHS_DIR / f"epoch_{epoch:02d}"
+            )
+            evaluations.append({"epoch": epoch, **summary})
+            log(_eval_line(epoch, summary))
+    if not evaluations:
+        return [], None
+    best = max(evaluations, key=lambda e: -math.inf if math.isnan(e["eval/score"]) else e["eval/score"])
+    best_epoch = int(best["epoch"])
+    if len(evaluations) > 1:
+        for checkpoint, metrics in checkpoints:
+            if int(metrics["epoch"]) == best_epoch:
+                with checkpoint.as_directory() as directory:
+                    shutil.copytree(Path(directory) / MODEL_DIR, staging / BEST_MODEL_DIR)
+    return evaluations, best_epoch
+
+
+def _eval_line(epoch: int, summary: dict[str, float]) -> str:
+    def get(key: str) -> float:
+        return summary.get(key, float("nan"))
+
+    return (
+        f"epoch {epoch}: forget quality {get('eval/forget_quality'):.3g} (KS {get('eval/forget_ks_statistic'):.3f}), "
+        f"model utility {get('eval/model_utility'):.3f}, score {get('eval/score'):.3f}"
+    )

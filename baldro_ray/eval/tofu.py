@@ -200,11 +200,15 @@ def evaluate_tofu(
         result["extraction_strength"] = extraction_entry(member_results)
         result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
     if retain_eval is not None:
-        fq = M.forget_quality(forget_truth_ratios(result), forget_truth_ratios(retain_eval, "retain_eval"))
-        result["forget_quality"] = {
-            "agg_value": fq["pvalue"], "statistic": fq["statistic"], "log10_pvalue": fq["log10_pvalue"]
-        }  # fmt: skip
+        result["forget_quality"] = forget_quality_entry(result, retain_eval)
     return result
+
+
+def forget_quality_entry(result: Mapping[str, Any], retain_eval: Mapping[str, Any]) -> dict[str, float]:
+    """KS test of ``result``'s per-sample forget truth ratios against ``retain_eval``'s: the p-value as
+    ``agg_value``, with ``statistic`` and ``log10_pvalue``."""
+    fq = M.forget_quality(forget_truth_ratios(result), forget_truth_ratios(retain_eval, "retain_eval"))
+    return {"agg_value": fq["pvalue"], "statistic": fq["statistic"], "log10_pvalue": fq["log10_pvalue"]}
 
 
 def load_retain_eval(path: str | os.PathLike[str]) -> dict[str, Any]:

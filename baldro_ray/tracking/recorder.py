@@ -1,13 +1,10 @@
-"""MLflow records of unlearning runs: where they go, a reachability check before training, and one run's recorder.
+"""MLflow records of unlearning runs: where they go, a reachability check before training, one run's recorder.
 
-Invariants:
-
-* A run this module creates never stays RUNNING after an exception in our code: :meth:`RunRecorder.start` ends it
-  FAILED when its own set-up fails and the context manager ends it FAILED when the body raises. A recorder from
-  :meth:`RunRecorder.attach` (a Ray Train worker logging live) never ends the run; its owner does.
-* Records are never dropped silently: with an unreachable server and ``tracking.on_unreachable=local`` they go to the
-  sqlite store under ``output_dir`` and ``mlflow_pending_sync.json`` there names both stores.
-* Only finite metric values are logged; a sqlite store keeps its artifacts under ``output_dir/mlartifacts``.
+Invariants: a run created here never stays RUNNING after an exception in our code (``RunRecorder.start`` ends it
+FAILED if its set-up fails, the context manager if the body raises; an :meth:`RunRecorder.attach` recorder never ends
+the run, its owner does). Records are never dropped silently: with an unreachable server and
+``on_unreachable=local`` they go to the sqlite store under ``output_dir``, and ``mlflow_pending_sync.json`` there
+names both stores. Only finite metric values are logged; a sqlite store keeps artifacts in ``output_dir/mlartifacts``.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -47,7 +44,6 @@ _CHECK_ENV = {  # the pre-training check must fail in seconds, not after MLflow'
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
 }
-_T = TypeVar("_T")
 
 
 def local_tracking_uri(output_dir: Path) -> str:
@@ -62,10 +58,6 @@ def resolve_tracking_uri(settings: TrackingConfig, output_dir: Path) -> str:
     return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(output_dir)
 
 
-def _is_remote(uri: str) -> bool:
-    return urlsplit(uri).scheme in ("http", "https", "databricks")
-
-
 def _redact(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.password is None:
@@ -74,23 +66,20 @@ def _redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-def _artifact_location(uri: str, output_dir: Path | None) -> str | None:
-    """Where a new experiment of a local store keeps artifacts (MLflow's default is ./mlruns of the cwd)."""
-    if _is_remote(uri):
-        return None  # the server decides (mlflow-artifacts:/ when it proxies artifacts)
-    if output_dir is None:
-        if not uri.startswith("sqlite:///"):
-            return None
-        output_dir = Path(uri.removeprefix("sqlite:///")).resolve().parent
-    return (Path(output_dir).resolve() / LOCAL_ARTIFACTS).as_uri()
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if absent; ConfigError if it is deleted.
 
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The id of experiment ``name``, created (with ``artifact_location``) if absent; ConfigError if deleted."""
+    A new experiment of a sqlite store keeps its artifacts in ``mlartifacts`` next to the database file (so
+    ``<output_dir>/mlartifacts`` for the default store), not in MLflow's default, ``./mlruns`` of the cwd.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
+        db = client.tracking_uri.removeprefix("sqlite:///")
+        location = (
+            (Path(db).resolve().parent / LOCAL_ARTIFACTS).as_uri() if db != client.tracking_uri else None
+        )
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(name, artifact_location=location)
         except Exception:
             experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
             if experiment is None:
@@ -104,9 +93,10 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 
 
 @contextlib.contextmanager
-def _quick_http() -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in _CHECK_ENV}
-    os.environ.update(_CHECK_ENV)
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block; afterwards each key is as it was before (set or unset)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -125,13 +115,13 @@ def check_tracking(settings: TrackingConfig, output_dir: Path) -> str:
     """
     uri = resolve_tracking_uri(settings, output_dir)
     try:
-        with _quick_http():
-            ensure_experiment(MlflowClient(uri), settings.experiment, _artifact_location(uri, output_dir))
+        with _environ(_CHECK_ENV):
+            ensure_experiment(MlflowClient(uri), settings.experiment)
         return uri
     except ConfigError:
         raise
     except Exception as err:
-        problem = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        problem = (str(err).strip().splitlines() or [type(err).__name__])[0][:600]
     local = local_tracking_uri(output_dir)
     if settings.on_unreachable == "fail" or uri == local:
         raise ConfigError(
@@ -139,13 +129,7 @@ def check_tracking(settings: TrackingConfig, output_dir: Path) -> str:
             f"{settings.experiment!r} failed: {problem}). Start the tracking server or fix tracking.tracking_uri, "
             f"or set tracking.on_unreachable=local to record into {local} and sync later"
         )
-    try:
-        ensure_experiment(MlflowClient(local), settings.experiment, _artifact_location(local, output_dir))
-    except Exception as err:
-        raise ConfigError(
-            f"MLflow tracking store {_redact(uri)} is not usable ({problem}) and the local fallback {local} "
-            f"fails too: {err}"
-        ) from err
+    ensure_experiment(MlflowClient(local), settings.experiment)
     marker = Path(output_dir) / PENDING_SYNC_FILE
     record = {
         "intended_tracking_uri": _redact(uri),
@@ -158,12 +142,8 @@ def check_tracking(settings: TrackingConfig, output_dir: Path) -> str:
     tmp = marker.with_name(f".{marker.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, marker)
-    warnings.warn(
-        f"MLflow tracking store {_redact(uri)} is unreachable ({problem}); recording into {local} instead, "
-        f"see {marker} to sync later",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    message = f"MLflow tracking store {_redact(uri)} is unreachable ({problem}); recording into {local}"
+    warnings.warn(f"{message} instead, see {marker} to sync later", RuntimeWarning, stacklevel=2)
     return local
 
 
@@ -175,17 +155,12 @@ def git_commit() -> str | None:
         return None  # an installed copy: an enclosing repository would not be ours
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=9
         )
     except (OSError, subprocess.SubprocessError):
         return None
     sha = done.stdout.strip()
     return sha if done.returncode == 0 and len(sha) in (40, 64) else None
-
-
-def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for begin in range(0, len(items), size):
-        yield items[begin : begin + size]
 
 
 def _param_value(value: Any) -> str:
@@ -239,38 +214,26 @@ class RunRecorder:
         config: RunConfig | None = None,
         parent_run_id: str | None = None,
         tags: Mapping[str, Any] | None = None,
-        *,
-        artifact_location: str | None = None,
     ) -> RunRecorder:
-        """Create a run (nested under ``parent_run_id`` if given) and log ``config``; the run is ended on failure.
-
-        A missing experiment is created; with a local store its artifacts go to ``artifact_location``, by default
-        ``mlartifacts`` next to the sqlite file.
-        """
+        """Create a run (under ``parent_run_id`` if given; the experiment if missing) and log ``config``."""
         client = MlflowClient(uri)
-        location = artifact_location or _artifact_location(uri, None)
-        return cls._open(
-            client, ensure_experiment(client, experiment, location), run_name, config, parent_run_id, tags
-        )
+        experiment_id = ensure_experiment(client, experiment)
+        return cls._open(client, experiment_id, run_name, config, parent_run_id, tags)
 
     @classmethod
-    def _open(
-        cls,
-        client: MlflowClient,
-        experiment_id: str,
-        run_name: str,
-        config: RunConfig | None,
-        parent_run_id: str | None,
-        tags: Mapping[str, Any] | None,
-    ) -> RunRecorder:
+    def _open(cls, client, experiment_id, run_name, config, parent_run_id, tags) -> RunRecorder:  # noqa: ANN001
         run_tags = {key: str(value) for key, value in (tags or {}).items()}
         if parent_run_id is not None:
             run_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
         recorder = cls(client, run.info.run_id, experiment_id, owns_run=True)
-        with recorder._failing_on_error():
+        try:
             if config is not None:
                 recorder.log_config(config)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the original error matters more than a failed end
+                recorder.end("FAILED")
+            raise
         return recorder
 
     @classmethod
@@ -278,7 +241,8 @@ class RunRecorder:
         """A recorder logging into the existing run ``run_id`` (e.g. from a Ray Train rank-0 worker).
 
         It never ends the run: ``end`` and leaving the context only close the recorder, and the run's owner (the
-        driver's recorder, which sees a worker's failure) sets its final status.
+        driver's recorder, which sees a worker's failure) sets its final status. A sqlite store must be on a
+        filesystem the worker's node shares.
         """
         client = MlflowClient(uri)
         return cls(client, run_id, client.get_run(run_id).info.experiment_id, owns_run=False)
@@ -290,16 +254,12 @@ class RunRecorder:
     def log_config(self, config: RunConfig) -> None:
         """Flattened config as params, ``config.yaml`` as an artifact, and the method / DRO / git tags."""
         params = [Param(key[:_KEY_MAX], _param_value(v)) for key, v in flatten_config(config).items()]
-        for batch in _chunks(params, _PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=batch)
+        for begin in range(0, len(params), _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=params[begin : begin + _PARAMS_PER_BATCH])
         self.client.log_text(self.run_id, dump_config(config), "config.yaml")
         dro = config.method.dro
-        tags = {
-            "method": config.method.name,
-            "dro": dro.type,
-            "temperature": str(dro.temperature),
-            "sampling_ratio": str(dro.sampling_ratio),
-        }
+        tags = {"method": config.method.name, "dro": dro.type}
+        tags |= {"temperature": str(dro.temperature), "sampling_ratio": str(dro.sampling_ratio)}
         if commit := git_commit():
             tags |= {"git_commit": commit, "mlflow.source.git.commit": commit}
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -312,8 +272,8 @@ class RunRecorder:
         return len(points)
 
     def _log_points(self, points: Sequence[Metric]) -> None:
-        for batch in _chunks(points, _METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=batch)
+        for begin in range(0, len(points), _METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=points[begin : begin + _METRICS_PER_BATCH])
 
     def log_step_table(self, steps_parquet: Path) -> int:
         """Log every numeric column of ``steps.parquet`` but ``step`` as a metric at step = its ``step`` value.
@@ -359,13 +319,15 @@ class RunRecorder:
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir} is not a saved Hugging Face model (no config.json)")
         try:
-            # Model.log resolves the store, registry and model status through MLflow's global tracking URI.
-            with _global_tracking_uri(self.uri):
+            source = _model_input(model_dir)
+            # Model.log reaches store and registry through the global URI; MLflow's helper would then unset
+            # $MLFLOW_TRACKING_URI even if it was set before, hence _environ around it.
+            with _environ({"MLFLOW_TRACKING_URI": self.uri}), _use_tracking_uri(self.uri):
                 model = self.client.create_logged_model(
                     self.experiment_id, MODEL_NAME, source_run_id=self.run_id
                 )
                 info = mlflow.transformers.log_model(
-                    _model_input(model_dir),
+                    source,
                     name=MODEL_NAME,
                     task="text-generation",
                     run_id=self.run_id,
@@ -376,12 +338,8 @@ class RunRecorder:
                     model_card=ModelCard(f"Unlearned with baldro-ray, MLflow run {self.run_id}."),
                 )
         except Exception as err:
-            warnings.warn(
-                f"logging {model_dir} as an MLflow transformers model failed ({err!r}); it is logged as "
-                f"plain artifacts under {MODEL_NAME}/ and not registered",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            message = f"logging {model_dir} as an MLflow transformers model failed ({err!r}); logging it as "
+            warnings.warn(message + f"plain artifacts under {MODEL_NAME}/, unregistered", RuntimeWarning, 2)
             self.log_artifacts(model_dir, MODEL_NAME)
             return f"runs:/{self.run_id}/{MODEL_NAME}"
         self.client.set_tag(self.run_id, "model_uri", info.model_uri)
@@ -393,15 +351,6 @@ class RunRecorder:
             self.client.set_terminated(self.run_id, status)
         self._ended = True
 
-    @contextlib.contextmanager
-    def _failing_on_error(self) -> Iterator[None]:
-        try:
-            yield
-        except BaseException:
-            with contextlib.suppress(Exception):  # the original error matters more than a failed end
-                self.end("FAILED")
-            raise
-
     def __enter__(self) -> RunRecorder:
         return self
 
@@ -409,19 +358,5 @@ class RunRecorder:
         if exc_type is None:
             self.end("FINISHED")
             return
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the original error matters more than a failed end
             self.end("FAILED")
-
-
-@contextlib.contextmanager
-def _global_tracking_uri(uri: str) -> Iterator[None]:
-    # MLflow's own helper unsets $MLFLOW_TRACKING_URI on the way out even when it was set before: restore it.
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        with _use_tracking_uri(uri):
-            yield
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved

@@ -2,8 +2,8 @@
 
 Each worker holds the (small) forget and retain sets in memory, takes its rows of every global batch from the
 seeded layout (:mod:`baldro_ray.train.layout`), runs :func:`~baldro_ray.train.step.run_step` under DDP or DeepSpeed,
-and at each epoch end reports a Ray Train checkpoint (resumable state; at the last epoch also the consolidated
-model and the trajectory table). A restarted worker resumes from the last checkpoint and, since the data order is
+and at each epoch end reports a Ray Train checkpoint (resumable state; at the last epoch, and at every epoch when
+each epoch is evaluated, also the consolidated model; the trajectory table). A restarted worker resumes from the last checkpoint and, since the data order is
 a function of (seed, epoch), ends with the same weights as an uninterrupted run.
 """
 
@@ -168,7 +168,8 @@ def unlearn_loop(config: dict[str, Any]) -> None:
             metrics = telemetry.record(result, epoch + 1, global_step + 1, lr)
         if rank == 0:
             print(format_progress(epoch + 1, trainer.epochs, steps, steps, metrics), flush=True)
-        _report_epoch(backend, tokenizer, telemetry, metrics, epoch + 1, trainer.epochs, rank, world)
+        save_model = epoch + 1 == trainer.epochs or (run.evaluation.enabled and run.evaluation.every_epoch)
+        _report_epoch(backend, tokenizer, telemetry, metrics, epoch + 1, save_model, rank, world)
 
 
 def _report_epoch(
@@ -177,11 +178,11 @@ def _report_epoch(
     telemetry: Telemetry,
     metrics: dict[str, float],
     epoch: int,
-    epochs: int,
+    save_model: bool,
     rank: int,
     world: int,
 ) -> None:
-    """Every rank writes its part of the checkpoint (resumable state; the final model at the last epoch)."""
+    """Every rank writes its part of the checkpoint: the resumable state and, with ``save_model``, the model."""
     import ray.train
 
     rng = [None] * world
@@ -189,7 +190,7 @@ def _report_epoch(
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         backend.save_checkpoint(root / STATE_DIR, {"epoch": epoch, "torch_rng": rng})
-        if epoch == epochs:
+        if save_model:
             backend.save_pretrained(root / MODEL_DIR, tokenizer)
         if rank == 0:
             telemetry.write(root)

@@ -1,0 +1,247 @@
+"""Evaluating models of a run: the benchmark's metrics on a Ray Data replica pool, the retain and target
+references (evaluated once, cached), forgetting balance, and the combined score that picks the best checkpoint.
+
+Invariant: :func:`plan_evaluation` checks everything a configuration can get wrong (benchmark data, retain logs,
+retain model) before any model is evaluated; the reference evaluations are cached under
+``<embedded.cache_dir>/evals/<key>`` where the key hashes the model (its path, which for the embedded models
+carries their content hash, and its files' sizes and modification times) with every evaluation setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from baldro_ray.config import ConfigError, EvaluationConfig, RunConfig
+from baldro_ray.data.render import PromptTemplate
+from baldro_ray.eval.balance import balance_report
+from baldro_ray.eval.privacy import privleak_entry
+from baldro_ray.eval.tofu import forget_quality_entry, load_retain_eval, write_eval, write_json_atomic
+
+EVAL_VERSION = 1  # bump when a metric's definition changes: invalidates cached reference evaluations
+BALANCE_FILE = "BALANCE.json"
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What to evaluate and how; built and checked by :func:`plan_evaluation`."""
+
+    benchmark: str  # "TOFU" or "MUSE"
+    source: Any
+    data_key: str
+    forget_split: str
+    holdout_split: str
+    template: PromptTemplate
+    max_length: int
+    dtype: str | None
+    settings: EvaluationConfig
+    cache_dir: Path
+    groups: tuple[str, ...] | None  # ground-truth difficulty group of each forget row
+    retain_model: str | None
+    retain_logs: dict[str, Any] | None
+
+
+def _fingerprint(location: str) -> str:
+    """The location and, for a local folder or file, its files' names, sizes and modification times."""
+    parts: list[Any] = [location]
+    path = Path(location)
+    if path.exists():
+        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+        parts += [(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def plan_evaluation(
+    config: RunConfig, data_dir: Path | None = None, retain_model: str | None = None
+) -> EvalPlan:
+    """The evaluation plan of ``config``; ``data_dir`` and ``retain_model`` are the embedded benchmark's folder and
+    retain model when ``data.source`` is synthetic. Raises :class:`ConfigError` for any problem."""
+    from baldro_ray.data.readers import read_records
+    from baldro_ray.data.sources import build_source
+
+    settings, data = config.evaluation, config.data
+    if data.source == "files":
+        raise ConfigError(
+            "evaluation needs a benchmark (data.source synthetic, tofu or muse); set evaluation.enabled=false"
+        )
+    location = str(data_dir) if data.source == "synthetic" else data.location
+    if location is None:
+        raise ConfigError(f"data.location is required for data.source={data.source!r}")
+    benchmark = "MUSE" if data.source == "muse" else "TOFU"
+    source = build_source(data.source, location)
+    retain_logs = None
+    if settings.retain_logs_path is not None:
+        try:
+            retain_logs = load_retain_eval(settings.retain_logs_path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"evaluation.retain_logs_path: {err}") from None
+    retain = settings.retain_model or retain_model
+    if retain is not None and not os.path.exists(retain) and "/" not in retain:
+        raise ConfigError(
+            f"evaluation.retain_model {retain!r} does not exist (and is not an 'owner/name' hub id)"
+        )
+    groups = None
+    sidecar = Path(location) / f"{data.forget_split}_difficulty.json"
+    if benchmark == "TOFU" and sidecar.is_file():
+        groups = tuple(str(row["group"]) for row in read_records(sidecar))
+    return EvalPlan(
+        benchmark, source, _fingerprint(location), data.forget_split, data.holdout_split,
+        config.model.prompt_template(), config.trainer.max_length, config.trainer.dtype, settings,
+        Path(config.embedded.cache_dir).expanduser() / "evals", groups, retain, retain_logs,
+    )  # fmt: skip
+
+
+def _inference(plan: EvalPlan, model_path: str) -> Any:
+    from baldro_ray.eval.replicas import ReplicaInference
+
+    s = plan.settings
+    return ReplicaInference(
+        model_path,
+        plan.template,
+        plan.max_length,
+        s.batch_size,
+        s.replicas,
+        s.cpus_per_replica,
+        s.use_gpu,
+        plan.dtype,
+    )
+
+
+def evaluate_model(plan: EvalPlan, model_path: str) -> dict[str, Any]:
+    """The benchmark's result for one model (a folder or a hub name) on the replica pool, with privleak against
+    the default reference; :func:`relative_to_retain` adds what needs the retain model."""
+    inference = _inference(plan, model_path)
+    if plan.benchmark == "MUSE":
+        from baldro_ray.eval.muse import evaluate_muse
+
+        return evaluate_muse(inference, plan.source, plan.template)
+    from baldro_ray.eval.tofu import evaluate_tofu
+
+    return evaluate_tofu(
+        inference, plan.source, plan.forget_split, plan.holdout_split, plan.settings.max_new_tokens
+    )
+
+
+def relative_to_retain(result: Mapping[str, Any], retain: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``result`` with privleak against the retain model's Min-K% AUC and (TOFU) forget quality against its
+    forget truth ratios; unchanged without a retain reference."""
+    out = dict(result)
+    if retain is None:
+        return out
+    if "mia_min_k" in out:
+        out["privleak"] = privleak_entry(out["mia_min_k"]["agg_value"], retain)
+    if "forget_truth_ratio" in out:
+        out["forget_quality"] = forget_quality_entry(out, retain)
+    return out
+
+
+def _cache_key(plan: EvalPlan, model_path: str) -> str:
+    s = plan.settings
+    parts = [EVAL_VERSION, plan.benchmark, plan.data_key, plan.forget_split, plan.holdout_split,
+             plan.template.as_dict(), plan.max_length, plan.dtype, s.batch_size, s.max_new_tokens,
+             _fingerprint(model_path)]  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
+
+
+def reference_eval(plan: EvalPlan, model_path: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``model_path``'s :func:`evaluate_model` result, computed once and cached."""
+    folder = plan.cache_dir / _cache_key(plan, model_path)
+    cached = folder / f"{plan.benchmark}_EVAL.json"
+    if cached.is_file():
+        log(f"reference evaluation of {model_path}: cached {cached}")
+        return json.loads(cached.read_text())
+    log(f"evaluating reference model {model_path}")
+    result = evaluate_model(plan, model_path)
+    write_eval(result, folder, plan.benchmark)
+    return result
+
+
+def retain_reference(plan: EvalPlan, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The retain model's result: the given open-unlearning logs, else the retain model's cached evaluation."""
+    if plan.retain_logs is not None:
+        return plan.retain_logs
+    return None if plan.retain_model is None else reference_eval(plan, plan.retain_model, log)
+
+
+def _probs(result: Mapping[str, Any]) -> list[float] | None:
+    entry = result.get("forget_Q_A_Prob", {}).get("value_by_index")
+    return None if not entry else [float(entry[str(i)]["prob"]) for i in range(len(entry))]
+
+
+def forgetting_balance(
+    plan: EvalPlan, result: Mapping[str, Any], target: Mapping[str, Any], retain: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """Balance of the forget answer probabilities between the target and retain models, by difficulty group
+    when the benchmark records them; None without a retain reference (or on MUSE)."""
+    values = [_probs(r) for r in (result, target, retain or {})]
+    if any(v is None for v in values):
+        return None
+    groups = plan.groups if plan.groups is not None and len(plan.groups) == len(values[0]) else None
+    return balance_report(*values, groups=groups)
+
+
+def combined_score(result: Mapping[str, Any], settings: EvaluationConfig) -> float:
+    """``forget_weight * (1 - KS statistic) + utility_weight * model_utility`` (TOFU), higher is better; NaN when
+    a term is missing. The KS statistic ranks runs where the forget-quality p-value underflows."""
+    statistic = result.get("forget_quality", {}).get("statistic")
+    utility = result.get("model_utility", {}).get("agg_value")
+    if statistic is None or utility is None:
+        return math.nan
+    return settings.forget_weight * (1.0 - statistic) + settings.utility_weight * utility
+
+
+def summarise(
+    result: Mapping[str, Any], settings: EvaluationConfig, balance: Mapping[str, Any] | None
+) -> dict[str, float]:
+    """Flat ``eval/*`` numbers of one evaluation (for trackers, tables and the run summary)."""
+    out = {f"eval/{name}": float(entry["agg_value"]) for name, entry in result.items()}
+    if "forget_quality" in result:
+        out["eval/forget_ks_statistic"] = float(result["forget_quality"]["statistic"])
+        out["eval/forget_quality_log10"] = float(result["forget_quality"]["log10_pvalue"])
+    out["eval/score"] = combined_score(result, settings)
+    for key, value in (balance or {}).items():
+        if isinstance(value, (int, float)):
+            out[f"balance/{key}"] = float(value)
+    for group, part in (balance or {}).get("by_group", {}).items():
+        out.update({f"balance/{group}/{k}": float(v) for k, v in part.items()})
+    return out
+
+
+def write_report(
+    plan: EvalPlan, result: Mapping[str, Any], balance: Mapping[str, Any] | None, out_dir: Path
+) -> dict[str, float]:
+    """Write ``<B>_EVAL.json``, ``<B>_SUMMARY.json`` and ``BALANCE.json`` into ``out_dir``; return the summary."""
+    write_eval(result, out_dir, plan.benchmark)
+    if balance is not None:
+        write_json_atomic(out_dir / BALANCE_FILE, balance)
+    return summarise(result, plan.settings, balance)
+
+
+@dataclass(frozen=True)
+class References:
+    """The reference results a model is measured against: retain (forget quality, privleak) and target (balance)."""
+
+    retain: dict[str, Any] | None
+    target: dict[str, Any] | None
+
+
+def references(plan: EvalPlan, target_model: str | None, log: Callable[[str], None] = print) -> References:
+    """The retain reference and, given the model before unlearning, the target reference (both cached)."""
+    retain = retain_reference(plan, log)
+    target = (
+        None if target_model is None else relative_to_retain(reference_eval(plan, target_model, log), retain)
+    )
+    return References(retain, target)
+
+
+def evaluate_and_report(plan: EvalPlan, model_path: str, refs: References, out_dir: Path) -> dict[str, float]:
+    """Evaluate ``model_path`` against ``refs`` and write its report into ``out_dir``; return its summary."""
+    result = relative_to_retain(evaluate_model(plan, model_path), refs.retain)
+    balance = None if refs.target is None else forgetting_balance(plan, result, refs.target, refs.retain)
+    return write_report(plan, result, balance, out_dir)
