@@ -111,7 +111,14 @@ def _finetune(config_path: str | None, overrides: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``baldro-ray`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options (``--name x trainer.lr=1e-3``), which argparse alone does not allow.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [arg for arg in extra if "=" not in arg or arg.startswith("-")]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "objectives-demo":
             from baldro_ray.objectives.demo import render_demo

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,34 @@ TOFU_ROWS = {
     "forget01_perturbed": 40, "forget05_perturbed": 200, "forget10_perturbed": 400, "retain_perturbed": 400,
     "real_authors": 100, "real_authors_perturbed": 100, "world_facts": 117, "world_facts_perturbed": 117,
 }  # fmt: skip
+
+
+# A reduced embedded benchmark: fine-tunes in seconds, still memorises its forget authors.
+EMBEDDED_TINY = [
+    "embedded.benchmark.num_authors=10",
+    "embedded.benchmark.qa_per_author=6",
+    "embedded.benchmark.num_world_facts=4",
+    "embedded.benchmark.num_real_authors=4",
+    "embedded.vocab_size=400",
+    "embedded.tiny_model.hidden_size=32",
+    "embedded.tiny_model.intermediate_size=64",
+    "embedded.finetune.epochs=25",
+    "embedded.finetune.per_device_batch_size=8",
+    "embedded.finetune.lr=1e-2",
+    "embedded.finetune.max_length=64",
+]
+
+
+@pytest.fixture(scope="session")
+def embedded_tiny(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Any]:
+    """``(overrides, EmbeddedAssets)`` of the reduced embedded benchmark, prepared once per session in a fresh
+    cache (so its first preparation trains every model)."""
+    from baldro_ray.config import load_config
+    from baldro_ray.embedded import prepare_embedded
+
+    overrides = [*EMBEDDED_TINY, f"embedded.cache_dir={tmp_path_factory.mktemp('embedded-cache')}"]
+    assets = prepare_embedded(load_config(overrides=overrides).embedded, "forget10", log=lambda _: None)
+    return overrides, assets
 
 
 @pytest.fixture(scope="session")

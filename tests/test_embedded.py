@@ -11,32 +11,18 @@ from baldro_ray.data.pipeline import qa_dataset
 from baldro_ray.data.render import TEMPLATES, EncodingError
 from baldro_ray.embedded import memorisation_report, prepare_embedded
 
-TINY = [
-    "embedded.benchmark.num_authors=10",
-    "embedded.benchmark.qa_per_author=6",
-    "embedded.benchmark.num_world_facts=4",
-    "embedded.benchmark.num_real_authors=4",
-    "embedded.vocab_size=400",
-    "embedded.tiny_model.hidden_size=32",
-    "embedded.tiny_model.intermediate_size=64",
-    "embedded.finetune.epochs=25",
-    "embedded.finetune.per_device_batch_size=8",
-    "embedded.finetune.lr=1e-2",
-    "embedded.finetune.max_length=64",
-]
-
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_prepare_trains_once_then_reuses_and_target_memorises_forget(ray_cluster, tmp_path: Path) -> None:
-    config = load_config(overrides=[*TINY, f"embedded.cache_dir={tmp_path}"]).embedded
+def test_prepare_trains_once_then_reuses_and_target_memorises_forget(embedded_tiny) -> None:
+    overrides, first = embedded_tiny
+    config = load_config(overrides=overrides).embedded
     logs: list[str] = []
-    first = prepare_embedded(config, "forget10", log=logs.append)
     assert first.trained == ("base", "target", "retain-forget10")
     for path in (first.target_model, first.retain_model):
         assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
         assert (path / "tokenizer.json").is_file()
-    assert not list((tmp_path / "models").glob("*.partial"))
+    assert not list((first.target_model.parent).glob("*.partial"))
     stamp = (first.target_model / "model.safetensors").stat().st_mtime_ns
 
     second = prepare_embedded(config, "forget10", log=logs.append)

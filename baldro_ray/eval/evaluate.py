@@ -57,12 +57,22 @@ def _fingerprint(location: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+def _required_subsets(benchmark: str, forget_split: str, holdout_split: str) -> list[str]:
+    if benchmark == "MUSE":
+        from baldro_ray.eval.muse import MUSE_SUBSETS
+
+        return list(MUSE_SUBSETS)
+    from baldro_ray.eval.tofu import SPLITS
+
+    return [spec.subset.format(forget_split=forget_split) for spec in SPLITS] + [forget_split, holdout_split]
+
+
 def plan_evaluation(
     config: RunConfig, data_dir: Path | None = None, retain_model: str | None = None
 ) -> EvalPlan:
     """The evaluation plan of ``config``; ``data_dir`` and ``retain_model`` are the embedded benchmark's folder and
     retain model when ``data.source`` is synthetic. Raises :class:`ConfigError` for any problem."""
-    from baldro_ray.data.readers import read_records
+    from baldro_ray.data.readers import DataError, read_records
     from baldro_ray.data.sources import build_source
 
     settings, data = config.evaluation, config.data
@@ -75,6 +85,14 @@ def plan_evaluation(
         raise ConfigError(f"data.location is required for data.source={data.source!r}")
     benchmark = "MUSE" if data.source == "muse" else "TOFU"
     source = build_source(data.source, location)
+    for subset in _required_subsets(benchmark, data.forget_split, data.holdout_split):
+        try:
+            source.load(subset)
+        except DataError as err:
+            raise ConfigError(
+                f"evaluation needs the {benchmark} subset {subset!r}: {err}\n"
+                "(set evaluation.enabled=false to unlearn without evaluating)"
+            ) from None
     retain_logs = None
     if settings.retain_logs_path is not None:
         try:

@@ -25,6 +25,10 @@ from baldro_ray.eval.privacy import mia_entries, privleak_entry
 VERBMEM_NEW_TOKENS = 128
 KNOWMEM_NEW_TOKENS = 32
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
+MUSE_SUBSETS = (
+    "verbmem/forget", "knowmem/forget_qa", "knowmem/retain_qa", "knowmem/forget_qa_icl", "knowmem/retain_qa_icl",
+    "privleak/forget", "privleak/holdout",
+)  # fmt: skip
 
 
 def few_shot_prompt(template: PromptTemplate, examples: Sequence[Mapping[str, str]], question: str) -> str:

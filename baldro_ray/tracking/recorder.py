@@ -221,7 +221,7 @@ class RunRecorder:
         return cls._open(client, experiment_id, run_name, config, parent_run_id, tags)
 
     @classmethod
-    def _open(cls, client, experiment_id, run_name, config, parent_run_id, tags) -> RunRecorder:  # noqa: ANN001
+    def _open(cls, client, experiment_id, run_name, config, parent_run_id, tags) -> RunRecorder:
         run_tags = {key: str(value) for key, value in (tags or {}).items()}
         if parent_run_id is not None:
             run_tags["mlflow.parentRunId"] = parent_run_id

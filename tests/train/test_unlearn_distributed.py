@@ -56,6 +56,7 @@ def config(workspace: Path, tag: str, *overrides: str):
             "trainer.schedule=constant",
             "trainer.weight_decay=0",
             "method.name=NPO",
+            "evaluation.enabled=false",
             *overrides,
         ]
     )
