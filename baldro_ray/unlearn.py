@@ -7,6 +7,7 @@ set, missing model, tokenizer/model vocabulary mismatch, bad data files, forget/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,8 +23,6 @@ from baldro_ray.objectives import get_forget_loss
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
-EPOCHS_DIR = "epochs"  # epochs/epoch_NN/: that epoch's model's evaluation report
-BEST_MODEL_DIR = "best_model"  # the epoch model with the best combined score (when several were evaluated)
 
 
 @dataclass(frozen=True)
@@ -145,21 +144,32 @@ def _forget_dataset(run: ResolvedRun) -> Any:
     return dataset
 
 
-def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> UnlearnOutcome:
-    """Score the reference once, train on Ray Train, and move the final model and records into place."""
+def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print, parent: Any = None) -> UnlearnOutcome:
+    """Check the tracking store, score the reference once, train on Ray Train, evaluate the epoch models, and
+    move the model and records into place; the MLflow run (a child of ``parent``, a ``RunRecorder``, when given)
+    ends FAILED if anything here fails."""
+    from baldro_ray.tracking.run_records import open_recorder
+
+    out = run.output_dir
+    if out.exists():
+        raise ConfigError(f"output folder {out} already exists: choose another run name or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recorder = open_recorder(run.config, out.parent, run.name, parent)
+    with recorder or contextlib.nullcontext():
+        return _run(run, recorder, log)
+
+
+def _trainer(run: ResolvedRun, recorder: Any) -> Any:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
     from baldro_ray.cluster import worker_env
     from baldro_ray.data.pipeline import qa_dataset
-    from baldro_ray.train.telemetry import STEPS_FILE, TRAJECTORY_FILE
-    from baldro_ray.train.unlearn import MODEL_DIR, unlearn_loop
+    from baldro_ray.eval.checkpoints import evaluates_every_epoch
+    from baldro_ray.train.unlearn import unlearn_loop
 
-    config, out = run.config, run.output_dir
-    if out.exists():
-        raise ConfigError(f"output folder {out} already exists: choose another run name or remove it")
-    started = time.perf_counter()
+    config = run.config
     datasets = {"forget": _forget_dataset(run)}
     if run.retain_rows:
         datasets["retain"] = qa_dataset(
@@ -169,10 +179,14 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> Unlearn
             config.trainer.max_length,
             config.data.retain_split,
         )
-    storage = out.parent / ".ray" / run.name
-    trainer = TorchTrainer(
+    tracking = None if recorder is None else {"uri": recorder.uri, "run_id": recorder.run_id}
+    return TorchTrainer(
         unlearn_loop,
-        train_loop_config={"run": config.model_dump(mode="json"), "model_path": run.model_path},
+        train_loop_config={
+            "run": config.model_dump(mode="json"),
+            "model_path": run.model_path,
+            "tracking": tracking,
+        },  # fmt: skip
         scaling_config=ScalingConfig(
             num_workers=config.trainer.num_workers,
             use_gpu=config.trainer.use_gpu,
@@ -180,16 +194,26 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> Unlearn
         ),
         run_config=RayRunConfig(
             name=run.name,
-            storage_path=str(storage),
+            storage_path=str(run.output_dir.parent / ".ray" / run.name),
             failure_config=FailureConfig(max_failures=config.trainer.max_failures),
             # Every epoch's model is kept for evaluation when it is evaluated per epoch.
-            checkpoint_config=CheckpointConfig(num_to_keep=None if _per_epoch(config) else 2),
+            checkpoint_config=CheckpointConfig(num_to_keep=None if evaluates_every_epoch(config) else 2),
             worker_runtime_env={"env_vars": worker_env()},
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),
     )
-    result = trainer.fit()
+
+
+def _run(run: ResolvedRun, recorder: Any, log: Callable[[str], None]) -> UnlearnOutcome:
+    from baldro_ray.eval.checkpoints import evaluate_checkpoints
+    from baldro_ray.tracking.run_records import record_run, write_plots
+    from baldro_ray.train.telemetry import STEPS_FILE, TRAJECTORY_FILE
+    from baldro_ray.train.unlearn import MODEL_DIR
+
+    config, out = run.config, run.output_dir
+    started = time.perf_counter()
+    result = _trainer(run, recorder).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"unlearning run {run.name} ended without a checkpoint: {result.error}")
     seconds = time.perf_counter() - started
@@ -200,69 +224,29 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print) -> Unlearn
             shutil.copytree(Path(checkpoint) / MODEL_DIR, staging / MODEL_DIR)
             for name in (TRAJECTORY_FILE, STEPS_FILE):
                 shutil.copy2(Path(checkpoint) / name, staging / name)
-        evaluations, best_epoch = _evaluate_checkpoints(run, result.best_checkpoints or [], staging, log)
+        evaluations, best_epoch = evaluate_checkpoints(
+            run.eval_plan, run.model_path, result.best_checkpoints or [], staging, log
+        )
+        write_plots(staging, evaluations, None if run.eval_plan is None else run.eval_plan.groups)
         (staging / CONFIG_FILE).write_text(dump_config(config))
         summary = {
             "name": run.name, "model_path": run.model_path, "seconds": seconds, "metrics": metrics,
             "evaluations": evaluations, "best_epoch": best_epoch,
+            "mlflow": None if recorder is None else {"tracking_uri": recorder.uri, "run_id": recorder.run_id},
         }  # fmt: skip
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        if recorder is not None:
+            record_run(
+                recorder,
+                staging,
+                evaluations,
+                config.tracking.log_model,
+                config.tracking.registered_model_name,
+            )
         staging.replace(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"run {run.name}: model {out / MODEL_DIR}, trajectory {out / TRAJECTORY_FILE} ({seconds:.1f} s)")
     return UnlearnOutcome(
         out, out / MODEL_DIR, out / TRAJECTORY_FILE, metrics, seconds, evaluations, best_epoch
-    )
-
-
-def _per_epoch(config: RunConfig) -> bool:
-    return config.evaluation.enabled and config.evaluation.every_epoch
-
-
-def _evaluate_checkpoints(
-    run: ResolvedRun, checkpoints: list[tuple[Any, dict[str, Any]]], staging: Path, log: Callable[[str], None]
-) -> tuple[list[dict[str, float]], int | None]:
-    """Evaluate each kept epoch model outside the training workers (a Ray Data replica job each) into
-    ``staging/epochs/epoch_NN``; keep the best one by the combined score as ``staging/best_model``."""
-    import math
-
-    from baldro_ray.eval.evaluate import evaluate_and_report, references
-    from baldro_ray.train.unlearn import MODEL_DIR
-
-    if run.eval_plan is None:
-        return [], None
-    refs = references(run.eval_plan, run.model_path, log)
-    evaluations = []
-    for checkpoint, metrics in sorted(checkpoints, key=lambda pair: pair[1]["epoch"]):
-        epoch = int(metrics["epoch"])
-        with checkpoint.as_directory() as directory:
-            model = Path(directory) / MODEL_DIR
-            if not model.is_dir():
-                continue
-            log(f"evaluating epoch {epoch}")
-            summary = evaluate_and_report(
-                run.eval_plan, str(model), refs, staging / EPOCHS_DIR / f"epoch_{epoch:02d}"
-            )
-            evaluations.append({"epoch": epoch, **summary})
-            log(_eval_line(epoch, summary))
-    if not evaluations:
-        return [], None
-    best = max(evaluations, key=lambda e: -math.inf if math.isnan(e["eval/score"]) else e["eval/score"])
-    best_epoch = int(best["epoch"])
-    if len(evaluations) > 1:
-        for checkpoint, metrics in checkpoints:
-            if int(metrics["epoch"]) == best_epoch:
-                with checkpoint.as_directory() as directory:
-                    shutil.copytree(Path(directory) / MODEL_DIR, staging / BEST_MODEL_DIR)
-    return evaluations, best_epoch
-
-
-def _eval_line(epoch: int, summary: dict[str, float]) -> str:
-    def get(key: str) -> float:
-        return summary.get(key, float("nan"))
-
-    return (
-        f"epoch {epoch}: forget quality {get('eval/forget_quality'):.3g} (KS {get('eval/forget_ks_statistic'):.3f}), "
-        f"model utility {get('eval/model_utility'):.3f}, score {get('eval/score'):.3f}"
     )

@@ -25,6 +25,7 @@ from baldro_ray.train.telemetry import Telemetry, format_progress
 
 STATE_DIR = "state"
 MODEL_DIR = "model"
+BEST_MODEL_DIR = "best_model"  # in the run folder: the epoch model with the best combined evaluation score
 
 
 def step_config(run: RunConfig) -> StepConfig:
@@ -148,6 +149,7 @@ def unlearn_loop(config: dict[str, Any]) -> None:
         ("ref_nll_sum",) if "ref_nll_sum" in forget[0] else ()
     )
     device = ray.train.torch.get_device()
+    live = _live_recorder(config.get("tracking")) if rank == 0 else None
     for epoch in range(start_epoch, trainer.epochs):
         forget_order, retain_order = epoch_orders(len(forget), len(retain), trainer.seed, epoch)
         metrics: dict[str, float] = {}
@@ -166,10 +168,29 @@ def unlearn_loop(config: dict[str, Any]) -> None:
             lr = backend.lr()
             backend.step()
             metrics = telemetry.record(result, epoch + 1, global_step + 1, lr)
+            if live is not None:
+                live.log_metrics(metrics, global_step + 1)
         if rank == 0:
             print(format_progress(epoch + 1, trainer.epochs, steps, steps, metrics), flush=True)
         save_model = epoch + 1 == trainer.epochs or (run.evaluation.enabled and run.evaluation.every_epoch)
         _report_epoch(backend, tokenizer, telemetry, metrics, epoch + 1, save_model, rank, world)
+
+
+def _live_recorder(tracking: dict[str, str] | None) -> Any:
+    """Rank 0's recorder logging step metrics into the driver's MLflow run as they happen, or None. Best effort:
+    the driver logs every step the worker could not from ``steps.parquet`` after training."""
+    if not tracking:
+        return None
+    from baldro_ray.tracking.recorder import RunRecorder
+
+    try:
+        return RunRecorder.attach(tracking["uri"], tracking["run_id"])
+    except Exception as err:  # e.g. a sqlite store on a filesystem this node does not share
+        print(
+            f"live MLflow logging off on this worker ({err!r}); step metrics are logged after training",
+            flush=True,
+        )
+        return None
 
 
 def _report_epoch(
