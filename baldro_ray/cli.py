@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn = commands.add_parser("unlearn", help="run BalDRO unlearning on Ray Train (DDP or DeepSpeed)")
     _add_config_arguments(unlearn)
     unlearn.add_argument("--name", help="run name (folder under output_dir); default: method-dro-timestamp")
+    quick = commands.add_parser(
+        "quickstart",
+        help="BalDRO vs its plain baseline on the embedded benchmark: fine-tune, unlearn, evaluate, compare",
+    )
+    _add_config_arguments(quick)
+    quick.add_argument(
+        "--method", help="forget loss (NPO, SimNPO, SatImp, GA, GradDiff); default: the preset's NPO"
+    )
+    quick.add_argument("--workers", type=int, help="Ray Train workers per run; default: the preset's 2")
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a model (folder or Hugging Face name) on the config's benchmark with Ray Data replicas",
@@ -90,9 +99,22 @@ def _evaluate(config_path: str | None, overrides: Sequence[str], model: str, tar
         target = str(assets.target_model) if target == "tiny" else target
     plan = plan_evaluation(config, data_dir, retain_model)
     folder = Path(out or Path(config.output_dir) / f"eval-{Path(model).name}")
-    summary = evaluate_and_report(plan, model, references(plan, target), folder)
+    (summary,) = evaluate_and_report(plan, [(model, folder)], references(plan, target))
     print(json.dumps(summary, indent=2))
     print(f"report: {folder}")
+
+
+def _quickstart(
+    config_path: str | None, overrides: Sequence[str], method: str | None, workers: int | None
+) -> None:
+    from baldro_ray.quickstart import TABLE_FILE, run_quickstart
+
+    result = run_quickstart(config_path, overrides, method, workers)
+    print(f"\n{result.table}\n\ntable: {result.folder / TABLE_FILE}")
+    if result.tracking_uri:
+        print(
+            f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}   (parent run {result.parent_run_id})"
+        )
 
 
 def _finetune(config_path: str | None, overrides: Sequence[str]) -> None:
@@ -130,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _finetune(args.config, args.overrides)
         elif args.command == "unlearn":
             _unlearn(args.config, args.overrides, args.name)
+        elif args.command == "quickstart":
+            _quickstart(args.config, args.overrides, args.method, args.workers)
         elif args.command == "eval":
             _evaluate(args.config, args.overrides, args.model, args.target, args.out)
     except ConfigError as err:

@@ -396,9 +396,26 @@ def validate_config(
         raise ConfigError(f"invalid configuration {source}:\n  - {problems}") from None
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` itself, or the packaged preset of that name (``embedded_npo_dv`` -> ``presets/embedded_npo_dv.yaml``)
+    when no such file exists; :class:`ConfigError` listing the presets when neither does."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    preset = PRESETS_DIR / f"{candidate.name.removesuffix('.yaml')}.yaml"
+    if candidate.parent == Path(".") and preset.is_file():
+        return preset
+    names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    raise ConfigError(f"config file {path} does not exist (and is not a packaged preset: {names})")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read ``path`` (or the defaults), apply ``overrides`` in order, validate; raises :class:`ConfigError`."""
-    data = read_config_file(path) if path is not None else {}
+    """Read ``path`` (a file or a preset name; or the defaults), apply ``overrides`` in order, validate; raises
+    :class:`ConfigError`."""
+    data = read_config_file(resolve_config_path(path)) if path is not None else {}
     return validate_config(apply_overrides(data, overrides), str(path or "<defaults>"), overrides)
 
 

@@ -125,7 +125,13 @@ def test_file_errors(tmp_path: Path) -> None:
 def test_extends_merges_sections_deeply() -> None:
     config = load_config(CONFIGS / "embedded_npo_g.yaml")
     assert config.method.dro.type == "group" and config.method.dro.sampling_ratio == 0.5
-    assert config.trainer.lr == 1e-4 and config.method.retain_reduction == "sequence_sum_mean"
+    assert config.trainer.lr == 1e-3 and config.method.retain_reduction == "sequence_sum_mean"
+
+
+def test_preset_names_resolve_to_the_packaged_presets() -> None:
+    assert load_config("embedded_npo_g") == load_config(CONFIGS / "embedded_npo_g.yaml")
+    with pytest.raises(ConfigError, match=r"not a packaged preset: \['embedded_npo', 'embedded_npo_dv'"):
+        load_config("embedded_npo_x")
 
 
 def test_dump_round_trips_and_flatten_uses_slashes(tmp_path: Path) -> None:

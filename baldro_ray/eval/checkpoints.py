@@ -6,6 +6,7 @@ job against the cached retain and target references; the best by ``combined_scor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from collections.abc import Callable
@@ -31,44 +32,41 @@ def evaluate_checkpoints(
     staging: Path,
     log: Callable[[str], None] = print,
 ) -> tuple[list[dict[str, float]], int | None]:
-    """Evaluate each kept epoch model (a Ray Train checkpoint with a ``model`` folder) outside the training
-    workers, a Ray Data replica job each, into ``staging/epochs/epoch_NN``; copy the best one by the combined
+    """Evaluate every kept epoch model (a Ray Train checkpoint with a ``model`` folder) outside the training
+    workers, all in one Ray Data replica job, into ``staging/epochs/epoch_NN``; copy the best one by the combined
     score to ``staging/best_model`` when several were evaluated. Returns the per-epoch summaries and the best
     epoch (None without evaluation)."""
-
     if plan is None:
         return [], None
     refs = references(plan, target_model, log)
-    evaluations = []
-    for checkpoint, metrics in sorted(checkpoints, key=lambda pair: pair[1]["epoch"]):
-        epoch = int(metrics["epoch"])
-        with checkpoint.as_directory() as directory:
-            model = Path(directory) / MODEL_DIR
-            if not model.is_dir():
-                continue
-            log(f"evaluating epoch {epoch}")
-            summary = evaluate_and_report(
-                plan, str(model), refs, staging / EPOCHS_DIR / f"epoch_{epoch:02d}"
-            )
-            evaluations.append({"epoch": epoch, **summary})
-            log(_eval_line(epoch, summary))
-    if not evaluations:
-        return [], None
-    best = max(evaluations, key=lambda e: -math.inf if math.isnan(e["eval/score"]) else e["eval/score"])
-    best_epoch = int(best["epoch"])
-    if len(evaluations) > 1:
-        for checkpoint, metrics in checkpoints:
-            if int(metrics["epoch"]) == best_epoch:
-                with checkpoint.as_directory() as directory:
-                    shutil.copytree(Path(directory) / MODEL_DIR, staging / BEST_MODEL_DIR)
+    with (
+        contextlib.ExitStack() as stack
+    ):  # remote storage downloads each checkpoint for as long as it is open
+        models: dict[int, Path] = {}
+        for checkpoint, metrics in sorted(checkpoints, key=lambda pair: pair[1]["epoch"]):
+            model = Path(stack.enter_context(checkpoint.as_directory())) / MODEL_DIR
+            if model.is_dir():
+                models[int(metrics["epoch"])] = model
+        if not models:
+            return [], None
+        log(f"evaluating the models of epochs {sorted(models)}")
+        jobs = [(str(model), staging / EPOCHS_DIR / f"epoch_{epoch:02d}") for epoch, model in models.items()]
+        summaries = evaluate_and_report(plan, jobs, refs)
+        evaluations = [{"epoch": epoch, **summary} for epoch, summary in zip(models, summaries)]
+        for evaluation in evaluations:
+            log(_eval_line(evaluation))
+        best = max(evaluations, key=lambda e: -math.inf if math.isnan(e["eval/score"]) else e["eval/score"])
+        best_epoch = int(best["epoch"])
+        if len(evaluations) > 1:
+            shutil.copytree(models[best_epoch], staging / BEST_MODEL_DIR)
     return evaluations, best_epoch
 
 
-def _eval_line(epoch: int, summary: dict[str, float]) -> str:
+def _eval_line(summary: dict[str, float]) -> str:
     def get(key: str) -> float:
         return summary.get(key, float("nan"))
 
     return (
-        f"epoch {epoch}: forget quality {get('eval/forget_quality'):.3g} (KS {get('eval/forget_ks_statistic'):.3f}), "
+        f"epoch {summary['epoch']}: forget quality {get('eval/forget_quality'):.3g} (KS {get('eval/forget_ks_statistic'):.3f}), "
         f"model utility {get('eval/model_utility'):.3f}, score {get('eval/score'):.3f}"
     )

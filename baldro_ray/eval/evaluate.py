@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,19 +131,29 @@ def _inference(plan: EvalPlan, model_path: str) -> Any:
     )
 
 
-def evaluate_model(plan: EvalPlan, model_path: str) -> dict[str, Any]:
-    """The benchmark's result for one model (a folder or a hub name) on the replica pool, with privleak against
-    the default reference; :func:`relative_to_retain` adds what needs the retain model."""
-    inference = _inference(plan, model_path)
+def _evaluation(plan: EvalPlan) -> Any:
     if plan.benchmark == "MUSE":
-        from baldro_ray.eval.muse import evaluate_muse
+        from baldro_ray.eval.muse import MuseEvaluation
 
-        return evaluate_muse(inference, plan.source, plan.template)
-    from baldro_ray.eval.tofu import evaluate_tofu
+        return MuseEvaluation(plan.source, plan.template)
+    from baldro_ray.eval.tofu import TofuEvaluation
 
-    return evaluate_tofu(
-        inference, plan.source, plan.forget_split, plan.holdout_split, plan.settings.max_new_tokens
-    )
+    return TofuEvaluation(plan.source, plan.forget_split, plan.holdout_split, plan.settings.max_new_tokens)
+
+
+def evaluate_models(plan: EvalPlan, model_paths: Sequence[str]) -> list[dict[str, Any]]:
+    """The benchmark's result for each model (folders or hub names), all in one replica job, with privleak
+    against the default reference; :func:`relative_to_retain` adds what needs the retain model."""
+    if not model_paths:
+        return []
+    evaluation = _evaluation(plan)
+    per_model = _inference(plan, model_paths[0]).run_models(model_paths, evaluation.requests)
+    return [evaluation.assemble(results) for results in per_model]
+
+
+def evaluate_model(plan: EvalPlan, model_path: str) -> dict[str, Any]:
+    """:func:`evaluate_models` of one model."""
+    return evaluate_models(plan, [model_path])[0]
 
 
 def relative_to_retain(result: Mapping[str, Any], retain: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -167,24 +177,20 @@ def _cache_key(plan: EvalPlan, model_path: str) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
 
 
-def reference_eval(plan: EvalPlan, model_path: str, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """``model_path``'s :func:`evaluate_model` result, computed once and cached."""
-    folder = plan.cache_dir / _cache_key(plan, model_path)
-    cached = folder / f"{plan.benchmark}_EVAL.json"
-    if cached.is_file():
-        log(f"reference evaluation of {model_path}: cached {cached}")
-        return json.loads(cached.read_text())
-    log(f"evaluating reference model {model_path}")
-    result = evaluate_model(plan, model_path)
-    write_eval(result, folder, plan.benchmark)
-    return result
-
-
-def retain_reference(plan: EvalPlan, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """The retain model's result: the given open-unlearning logs, else the retain model's cached evaluation."""
-    if plan.retain_logs is not None:
-        return plan.retain_logs
-    return None if plan.retain_model is None else reference_eval(plan, plan.retain_model, log)
+def reference_evals(
+    plan: EvalPlan, model_paths: Sequence[str], log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Each model's :func:`evaluate_model` result, computed once (the uncached ones in one job) and cached."""
+    folders = [plan.cache_dir / _cache_key(plan, path) for path in model_paths]
+    files = [folder / f"{plan.benchmark}_EVAL.json" for folder in folders]
+    missing = [i for i, f in enumerate(files) if not f.is_file()]
+    for i in sorted(set(range(len(files))) - set(missing)):
+        log(f"reference evaluation of {model_paths[i]}: cached {files[i]}")
+    if missing:
+        log(f"evaluating reference models {[model_paths[i] for i in missing]}")
+        for i, result in zip(missing, evaluate_models(plan, [model_paths[i] for i in missing])):
+            write_eval(result, folders[i], plan.benchmark)
+    return [json.loads(f.read_text()) for f in files]
 
 
 def _probs(result: Mapping[str, Any]) -> list[float] | None:
@@ -250,16 +256,23 @@ class References:
 
 
 def references(plan: EvalPlan, target_model: str | None, log: Callable[[str], None] = print) -> References:
-    """The retain reference and, given the model before unlearning, the target reference (both cached)."""
-    retain = retain_reference(plan, log)
-    target = (
-        None if target_model is None else relative_to_retain(reference_eval(plan, target_model, log), retain)
-    )
+    """The retain reference (the given open-unlearning logs, else the retain model's cached evaluation) and,
+    given the model before unlearning, the target reference; the uncached ones are evaluated in one job."""
+    models = [m for m in (None if plan.retain_logs else plan.retain_model, target_model) if m is not None]
+    results = dict(zip(models, reference_evals(plan, models, log)))
+    retain = plan.retain_logs if plan.retain_logs is not None else results.get(plan.retain_model)
+    target = None if target_model is None else relative_to_retain(results[target_model], retain)
     return References(retain, target)
 
 
-def evaluate_and_report(plan: EvalPlan, model_path: str, refs: References, out_dir: Path) -> dict[str, float]:
-    """Evaluate ``model_path`` against ``refs`` and write its report into ``out_dir``; return its summary."""
-    result = relative_to_retain(evaluate_model(plan, model_path), refs.retain)
-    balance = None if refs.target is None else forgetting_balance(plan, result, refs.target, refs.retain)
-    return write_report(plan, result, balance, out_dir)
+def evaluate_and_report(
+    plan: EvalPlan, models: Sequence[tuple[str, Path]], refs: References
+) -> list[dict[str, float]]:
+    """Evaluate each ``(model_path, report_folder)`` against ``refs`` in one job, write each report; return the
+    summaries in order."""
+    summaries = []
+    for (_, out_dir), raw in zip(models, evaluate_models(plan, [path for path, _ in models])):
+        result = relative_to_retain(raw, refs.retain)
+        balance = None if refs.target is None else forgetting_balance(plan, result, refs.target, refs.retain)
+        summaries.append(write_report(plan, result, balance, out_dir))
+    return summaries

@@ -227,14 +227,33 @@ class LocalInference:
         return scatter(requests, unique, chunks, results)
 
 
-def run_segments(inference: Inference, segments: Sequence[Sequence[Request]]) -> list[list[Result]]:
-    """Run every segment's requests in one ``inference.run`` call; return the results segment by segment."""
-    results = inference.run([request for segment in segments for request in segment])
-    parts, offset = [], 0
-    for segment in segments:
-        parts.append(results[offset : offset + len(segment)])
-        offset += len(segment)
-    return parts
+class Evaluation:
+    """A benchmark evaluation as data: request segments (built from the benchmark, the same for every model) and
+    :meth:`assemble`, which turns one model's results into its metric entries. Splitting the two lets one
+    inference job serve several models (:meth:`~baldro_ray.eval.replicas.ReplicaInference.run_models`)."""
+
+    segments: list[list[Request]]
+
+    @property
+    def requests(self) -> list[Request]:
+        return [request for segment in self.segments for request in segment]
+
+    def parts(self, results: Sequence[Result]) -> list[list[Result]]:
+        """``results`` (of :attr:`requests`) cut back into segments."""
+        if len(results) != sum(len(segment) for segment in self.segments):
+            raise ValueError(f"{len(results)} results for {len(self.requests)} requests")
+        parts, offset = [], 0
+        for segment in self.segments:
+            parts.append(list(results[offset : offset + len(segment)]))
+            offset += len(segment)
+        return parts
+
+    def assemble(self, results: Sequence[Result], retain_eval: Any = None) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def run(self, inference: Inference, retain_eval: Any = None) -> dict[str, dict[str, Any]]:
+        """Run every request in one ``inference.run`` call and assemble the result."""
+        return self.assemble(inference.run(self.requests), retain_eval)
 
 
 def stats_arrays(results: Sequence[dict[str, Any]], key: str) -> list[np.ndarray]:

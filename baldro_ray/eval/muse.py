@@ -19,7 +19,7 @@ from typing import Any
 from baldro_ray.data.render import PromptTemplate
 from baldro_ray.data.sources import MuseSource
 from baldro_ray.eval import metrics as M
-from baldro_ray.eval.inference import Generate, Inference, Score, run_segments
+from baldro_ray.eval.inference import Evaluation, Generate, Inference, Result, Score
 from baldro_ray.eval.privacy import mia_entries, privleak_entry
 
 VERBMEM_NEW_TOKENS = 128
@@ -47,6 +47,43 @@ def _rouge_entry(values: Sequence[float], rows: Sequence[Mapping[str, str]], key
     return {"agg_value": float(sum(values) / len(values)), "value_by_index": by_index}
 
 
+class MuseEvaluation(Evaluation):
+    """The MUSE requests of one benchmark (see the module docstring) and their assembly into entries."""
+
+    def __init__(self, source: MuseSource, template: PromptTemplate) -> None:
+        self.verbmem = source.load("verbmem/forget")
+        self.knowmem = {part: source.load(f"knowmem/{part}_qa") for part in ("forget", "retain")}
+        shots = {part: source.load(f"knowmem/{part}_qa_icl") for part in ("forget", "retain")}
+        self.members, self.nonmembers = source.load("privleak/forget"), source.load("privleak/holdout")
+        self.segments = [[Generate(row["prompt"], VERBMEM_NEW_TOKENS, raw=True) for row in self.verbmem]]
+        for part in ("forget", "retain"):
+            prompts = [few_shot_prompt(template, shots[part], row["question"]) for row in self.knowmem[part]]
+            self.segments.append([Generate(p, KNOWMEM_NEW_TOKENS, True, KNOWMEM_STOP) for p in prompts])
+        for rows in (self.members, self.nonmembers):
+            self.segments.append([Score("", row["text"], raw=True, token_stats=True) for row in rows])
+
+    def assemble(
+        self, results: Sequence[Result], retain_eval: Mapping[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        verb_gen, forget_gen, retain_gen, inside, outside = self.parts(results)
+        gt = [row["gt"] for row in self.verbmem]
+        result = {
+            "forget_verbmem_ROUGE": _rouge_entry(
+                M.rouge_l_f1(verb_gen, gt), self.verbmem, "prompt", verb_gen, "rougeL_f1"
+            )
+        }
+        for part, generations in (("forget", forget_gen), ("retain", retain_gen)):
+            rows = self.knowmem[part]
+            recall = M.rouge_l_recall(generations, [row["answer"] for row in rows])
+            result[f"{part}_knowmem_ROUGE"] = _rouge_entry(
+                recall, rows, "question", generations, "rougeL_recall"
+            )
+        texts = [r["text"] for r in self.members], [r["text"] for r in self.nonmembers]
+        result.update(mia_entries(inside, texts[0], outside, texts[1]))
+        result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
+        return result
+
+
 def evaluate_muse(
     inference: Inference,
     source: MuseSource,
@@ -54,36 +91,4 @@ def evaluate_muse(
     retain_eval: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """verbmem, knowmem (forget and retain), the membership attacks and privleak of one model."""
-    verbmem = source.load("verbmem/forget")
-    knowmem = {part: source.load(f"knowmem/{part}_qa") for part in ("forget", "retain")}
-    shots = {part: source.load(f"knowmem/{part}_qa_icl") for part in ("forget", "retain")}
-    members, nonmembers = source.load("privleak/forget"), source.load("privleak/holdout")
-    segments: list[list[Any]] = [[Generate(row["prompt"], VERBMEM_NEW_TOKENS, raw=True) for row in verbmem]]
-    for part in ("forget", "retain"):
-        segments.append(
-            [
-                Generate(
-                    few_shot_prompt(template, shots[part], row["question"]),
-                    KNOWMEM_NEW_TOKENS,
-                    True,
-                    KNOWMEM_STOP,
-                )
-                for row in knowmem[part]
-            ]
-        )
-    for rows in (members, nonmembers):
-        segments.append([Score("", row["text"], raw=True, token_stats=True) for row in rows])
-    parts = run_segments(inference, segments)
-    verb_gen, forget_gen, retain_gen, inside, outside = parts
-    result: dict[str, dict[str, Any]] = {
-        "forget_verbmem_ROUGE": _rouge_entry(
-            M.rouge_l_f1(verb_gen, [row["gt"] for row in verbmem]), verbmem, "prompt", verb_gen, "rougeL_f1"
-        )
-    }
-    for part, generations in (("forget", forget_gen), ("retain", retain_gen)):
-        rows = knowmem[part]
-        recall = M.rouge_l_recall(generations, [row["answer"] for row in rows])
-        result[f"{part}_knowmem_ROUGE"] = _rouge_entry(recall, rows, "question", generations, "rougeL_recall")
-    result.update(mia_entries(inside, [r["text"] for r in members], outside, [r["text"] for r in nonmembers]))
-    result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
-    return result
+    return MuseEvaluation(source, template).run(inference, retain_eval)

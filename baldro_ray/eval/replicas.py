@@ -1,9 +1,10 @@
 """Evaluation as a Ray Data batch-inference job: model replicas in an actor pool run the planned batches.
 
-Each dataset row is one batch of :func:`~baldro_ray.eval.inference.plan_chunks` (its requests as JSON); an actor
-loads the model once and runs the batches it is given with :func:`~baldro_ray.eval.inference.run_chunk`. The
-batches are planned on the driver, so the results are identical for any number of replicas (and to
-:class:`~baldro_ray.eval.inference.LocalInference` with the same batch size).
+Each dataset row is one batch of :func:`~baldro_ray.eval.inference.plan_chunks` (its requests as JSON) for one
+model; an actor loads a model when its first batch arrives and runs the batches it is given with
+:func:`~baldro_ray.eval.inference.run_chunk`. Several models (e.g. every epoch's checkpoint) can share one job, so
+the actors start once. The batches are planned on the driver, so the results are identical for any number of
+replicas (and to :class:`~baldro_ray.eval.inference.LocalInference` with the same batch size and threads).
 """
 
 from __future__ import annotations
@@ -19,35 +20,42 @@ from baldro_ray.eval.inference import Request, Result, decode_request, encode_re
 
 
 class _Replica:
-    """A Ray Data actor holding one model replica."""
+    """A Ray Data actor holding one model replica at a time (rows arrive grouped by model)."""
 
-    def __init__(
-        self, model_path: str, template: dict[str, Any], max_length: int, dtype: str | None, threads: int
-    ):
+    def __init__(self, template: dict[str, Any], max_length: int, dtype: str | None, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.template, self.max_length, self.dtype = PromptTemplate(**template), max_length, dtype
+        self.path: str | None = None
+
+    def _load(self, path: str) -> None:
         import torch
 
         from baldro_ray.models.tiny import load_model
 
-        torch.set_num_threads(threads)
-        model, self.tokenizer = load_model(model_path, None if dtype is None else getattr(torch, dtype))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = model.to(device).eval()
-        self.template, self.max_length = PromptTemplate(**template), max_length
+        self.model = self.tokenizer = None  # free the previous model before loading the next
+        model, self.tokenizer = load_model(path, None if self.dtype is None else getattr(torch, self.dtype))
+        self.model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self.path = path
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from baldro_ray.eval.inference import run_chunk
 
         results = []
-        for payload in batch["payload"]:
+        for path, payload in zip(batch["model"], batch["payload"]):
+            if str(path) != self.path:
+                self._load(str(path))
             chunk = [decode_request(r) for r in json.loads(str(payload))]
             results.append(
                 json.dumps(run_chunk(self.model, self.tokenizer, self.template, chunk, self.max_length))
             )
-        return {"chunk": batch["chunk"], "results": np.asarray(results, dtype=object)}
+        return {"job": batch["job"], "chunk": batch["chunk"], "results": np.asarray(results, dtype=object)}
 
 
 class ReplicaInference:
-    """Runs requests on ``replicas`` copies of the model at ``model_path`` (a folder or a hub name).
+    """Runs requests on ``replicas`` copies of the model at ``model_path`` (a folder or a hub name), or the same
+    requests on several models in one job (:meth:`run_models`).
 
     Needs a running Ray cluster with ``replicas * cpus_per_replica`` free CPUs (and a GPU each with ``use_gpu``).
     """
@@ -68,20 +76,25 @@ class ReplicaInference:
         self.cpus_per_replica, self.use_gpu, self.dtype = cpus_per_replica, use_gpu, dtype
 
     def run(self, requests: Sequence[Request]) -> list[Result]:
+        return self.run_models([self.model_path], requests)[0]
+
+    def run_models(self, model_paths: Sequence[str], requests: Sequence[Request]) -> list[list[Result]]:
+        """``requests`` run on each model of ``model_paths``, all in one Ray Data job; results per model."""
         import ray.data
 
         unique, chunks = plan_chunks(requests, self.batch_size)
         if not chunks:
-            return []
+            return [[] for _ in model_paths]
+        payloads = [json.dumps([encode_request(unique[i]) for i in chunk]) for chunk in chunks]
         items = [
-            {"chunk": c, "payload": json.dumps([encode_request(unique[i]) for i in chunk])}
-            for c, chunk in enumerate(chunks)
+            {"job": j, "model": str(path), "chunk": c, "payload": payload}
+            for j, path in enumerate(model_paths)
+            for c, payload in enumerate(payloads)
         ]
         dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * self.replicas))
         output = dataset.map_batches(
             _Replica,
             fn_constructor_kwargs={
-                "model_path": self.model_path,
                 "template": self.template.as_dict(),
                 "max_length": self.max_length,
                 "dtype": self.dtype,
@@ -89,9 +102,11 @@ class ReplicaInference:
             },
             batch_size=1,
             batch_format="numpy",
-            concurrency=self.replicas,
+            compute=ray.data.ActorPoolStrategy(size=self.replicas),
             num_cpus=self.cpus_per_replica,
             num_gpus=1 if self.use_gpu else 0,
         ).take_all()
-        results = {int(row["chunk"]): json.loads(row["results"]) for row in output}
-        return scatter(requests, unique, chunks, results)
+        by_job: list[dict[int, list[Result]]] = [{} for _ in model_paths]
+        for row in output:
+            by_job[int(row["job"])][int(row["chunk"])] = json.loads(row["results"])
+        return [scatter(requests, unique, chunks, results) for results in by_job]

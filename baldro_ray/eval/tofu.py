@@ -36,7 +36,7 @@ import numpy as np
 
 from baldro_ray.data.sources import TofuSource
 from baldro_ray.eval import metrics as M
-from baldro_ray.eval.inference import Generate, Inference, Request, Result, Score, run_segments
+from baldro_ray.eval.inference import Evaluation, Generate, Inference, Request, Result, Score
 from baldro_ray.eval.privacy import extraction_entry, mia_entries, privleak_entry
 
 EVAL_FILE = "TOFU_EVAL.json"
@@ -158,6 +158,47 @@ def forget_truth_ratios(result: Mapping[str, Any], source: str = "evaluation") -
     return np.array(scores)
 
 
+class TofuEvaluation(Evaluation):
+    """The TOFU requests of one benchmark (see :func:`evaluate_tofu`) and their assembly into entries."""
+
+    def __init__(
+        self,
+        source: TofuSource,
+        forget_split: str,
+        holdout_split: str | None = None,
+        max_new_tokens: int = 200,
+    ) -> None:
+        self.splits = [(spec, source.load(spec.subset.format(forget_split=forget_split))) for spec in SPLITS]
+        self.segments = [
+            split_requests(rows, spec.correct_column, max_new_tokens) for spec, rows in self.splits
+        ]
+        self.members = source.load(forget_split) if holdout_split else []
+        self.nonmembers = source.load(holdout_split) if holdout_split else []
+        for rows in (self.members, self.nonmembers):
+            self.segments.append([Score(row["question"], row["answer"], token_stats=True) for row in rows])
+
+    def assemble(
+        self, results: Sequence[Result], retain_eval: Mapping[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        parts = self.parts(results)
+        result: dict[str, dict[str, Any]] = {}
+        for (spec, rows), part in zip(self.splits, parts):
+            nlls, generations = split_results(rows, part)
+            result.update(split_metrics(spec, rows, nlls, generations))
+        result["model_utility"] = {
+            "agg_value": M.model_utility({key: result[key]["agg_value"] for key in M.UTILITY_KEYS})
+        }
+        if self.members:
+            inside, outside = parts[-2], parts[-1]
+            texts = [r["answer"] for r in self.members], [r["answer"] for r in self.nonmembers]
+            result.update(mia_entries(inside, texts[0], outside, texts[1]))
+            result["extraction_strength"] = extraction_entry(inside)
+            result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
+        if retain_eval is not None:
+            result["forget_quality"] = forget_quality_entry(result, retain_eval)
+        return result
+
+
 def evaluate_tofu(
     inference: Inference,
     source: TofuSource,
@@ -173,35 +214,7 @@ def evaluate_tofu(
 
     All requests go to ``inference`` in one call (one replica job).
     """
-    splits = [(spec, source.load(spec.subset.format(forget_split=forget_split))) for spec in SPLITS]
-    segments = [split_requests(rows, spec.correct_column, max_new_tokens) for spec, rows in splits]
-    members = source.load(forget_split) if holdout_split else []
-    nonmembers = source.load(holdout_split) if holdout_split else []
-    for rows in (members, nonmembers):
-        segments.append([Score(row["question"], row["answer"], token_stats=True) for row in rows])
-    parts = run_segments(inference, segments)
-    result: dict[str, dict[str, Any]] = {}
-    for (spec, rows), part in zip(splits, parts):
-        nlls, generations = split_results(rows, part)
-        result.update(split_metrics(spec, rows, nlls, generations))
-    result["model_utility"] = {
-        "agg_value": M.model_utility({key: result[key]["agg_value"] for key in M.UTILITY_KEYS})
-    }
-    if holdout_split:
-        member_results, nonmember_results = parts[-2], parts[-1]
-        result.update(
-            mia_entries(
-                member_results,
-                [r["answer"] for r in members],
-                nonmember_results,
-                [r["answer"] for r in nonmembers],
-            )
-        )
-        result["extraction_strength"] = extraction_entry(member_results)
-        result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
-    if retain_eval is not None:
-        result["forget_quality"] = forget_quality_entry(result, retain_eval)
-    return result
+    return TofuEvaluation(source, forget_split, holdout_split, max_new_tokens).run(inference, retain_eval)
 
 
 def forget_quality_entry(result: Mapping[str, Any], retain_eval: Mapping[str, Any]) -> dict[str, float]:

@@ -127,6 +127,18 @@ def test_replicas_equal_in_process(
     one = ReplicaInference(str(tmp_path / "model"), TEMPLATE, batch_size=3, replicas=1).run(requests)
     two = ReplicaInference(str(tmp_path / "model"), TEMPLATE, batch_size=3, replicas=2).run(requests)
     assert one == two  # exactly: the same batches on replicas with the same thread count
+    other = build_tiny_llama(
+        TinyModelSpec(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32),
+        tokenizer,
+        seed=4,
+    )
+    save_model(other, tokenizer, tmp_path / "other")
+    pool = ReplicaInference(str(tmp_path / "model"), TEMPLATE, batch_size=3, replicas=2)
+    both = pool.run_models([str(tmp_path / "model"), str(tmp_path / "other")], requests)
+    assert both[0] == one and both[1] == ReplicaInference(
+        str(tmp_path / "other"), TEMPLATE, batch_size=3
+    ).run(requests)
+    assert both[1] != both[0]
     # In process the thread count differs, so float32 reductions may differ in the last bits.
     for mine, theirs in zip(local, one):
         if isinstance(mine, str):
