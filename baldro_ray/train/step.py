@@ -158,8 +158,13 @@ class _Units:
         ref_model: Callable[..., Any] | None,
     ) -> None:
         batches = _non_empty(micro)
-        outputs = _forward(model, batches) if batches else []
-        self.forget = self.retain = None
+        self.forget = self.retain = self.dummy = None
+        if batches:
+            outputs = _forward(model, batches)
+        else:
+            # A rank with no rows still forwards its dummy row here, in step with the others: DDP's forward can
+            # run collectives (its first bucket rebuild does), so a late forward would deadlock.
+            ((self.dummy, _),), outputs = _forward(model, [micro.forget]), []
         if len(micro.forget_positions):
             logits, labels = outputs.pop(0)
             tokens = token_nll(logits, labels)
@@ -352,9 +357,8 @@ def run_step(
         surrogate = _surrogate(unit, micro, forget_w, retain_w, cfg)
         if (
             surrogate is None
-        ):  # selection left this rank nothing: a zero-gradient pass keeps collectives aligned
-            ((logits, _),) = _forward(model, [micro_batches[index].forget])
-            surrogate = logits.sum() * 0.0
+        ):  # no rows here (or none selected): a zero gradient keeps the all-reduces aligned
+            surrogate = unit.dummy.sum() * 0.0
         backward(surrogate * scale)
 
     forget_values = _group_values(

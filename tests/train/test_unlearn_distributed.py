@@ -108,6 +108,15 @@ def test_one_step_is_the_same_with_one_or_two_workers(
     assert steps[0]["train/dro_ess"] == pytest.approx(1 / (weights**2).sum(), rel=1e-9)
 
 
+@pytest.mark.timeout(300)
+def test_a_rank_without_rows_in_the_last_step_does_not_stall(ray_cluster, workspace: Path) -> None:
+    # 8 forget rows, 6 per step: the second step's 2 rows all land on rank 0, rank 1 forwards a dummy row.
+    dv = ("method.dro.type=dv", "method.dro.temperature=1")
+    one = train(workspace, "uneven-one", *dv, "trainer.num_workers=1", "trainer.per_device_batch_size=6")
+    two = train(workspace, "uneven-two", *dv, "trainer.num_workers=2", "trainer.per_device_batch_size=3")
+    assert max_relative_difference(two, one) < 1e-6
+
+
 def batch(pairs: list[tuple[str, str]], tokenizer) -> dict[str, torch.Tensor]:
     encoded = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 512) for q, a in pairs]
     return pad_batch(
