@@ -65,7 +65,7 @@ def test_quickstart_records_in_mlflow(embedded_tiny, tmp_path: Path, monkeypatch
     base, _ = embedded_tiny
     lines: list[str] = []
     result = run_quickstart(overrides=[*base, *REDUCED, f"output_dir={tmp_path}"], log=lines.append)
-    assert [line.split("]")[0] for line in lines[::2]] == [f"[{i}" for i in range(1, 6)]
+    assert [line.split("]")[0] for line in lines[::2]] == [f"[{i}/5" for i in range(1, 6)]
     assert list(result.rows) == [
         "target (before unlearning)", "retain (never saw forget)", "NPO + BalDRO-DV", "NPO (baseline)"
     ]  # fmt: skip
@@ -119,7 +119,9 @@ def test_unreachable_tracking_server_fails_before_training(embedded_tiny, tmp_pa
         port = sock.getsockname()[1]
     base, _ = embedded_tiny
     uri = f"http://127.0.0.1:{port}"
-    config = load_config("embedded_npo_dv", [*base, f"output_dir={tmp_path}", f"tracking.tracking_uri={uri}"])
+    config = load_config(
+        "embedded_npo_dv", [*base, *REDUCED, f"output_dir={tmp_path}", f"tracking.tracking_uri={uri}"]
+    )
     run = resolve_run(config, "unreachable", lambda _: None)
     with pytest.raises(ConfigError, match=f"{uri}.*tracking.on_unreachable=local"):
         run_unlearn(run, log=lambda _: None)
