@@ -14,6 +14,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     # Ray Data's progress bars, drawn from every training worker, would bury the run's own progress lines.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Likewise the per-load/per-save bars of transformers (workers of a local cluster inherit this environment).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -25,4 +27,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
 def worker_env() -> dict[str, str]:
     """Environment for training workers: one OpenMP thread each (the worker sets torch threads itself)."""
-    return {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    return {
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }

@@ -105,8 +105,9 @@ def pad_batch(batch: Mapping[str, Any], pad_token_id: int) -> dict[str, torch.Te
     labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, (seq, lab) in enumerate(zip(ids, batch["labels"])):
-        input_ids[row, : len(seq)] = torch.as_tensor(seq)
-        labels[row, : len(seq)] = torch.as_tensor(np.asarray(lab, dtype=np.int64))
+        # Copied in by numpy assignment: Ray Data hands over read-only arrays, which torch.as_tensor warns about.
+        input_ids[row, : len(seq)].numpy()[:] = seq
+        labels[row, : len(seq)].numpy()[:] = np.asarray(lab, dtype=np.int64)
         attention_mask[row, : len(seq)] = 1
     out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     for key, values in batch.items():

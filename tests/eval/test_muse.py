@@ -117,3 +117,31 @@ def test_privleak_auc(result: dict[str, Any], setup: tuple[Any, Any, MuseSource]
     auc = roc_auc_score([1] * 3 + [0] * 3, inside + outside)
     assert result["mia_min_k"]["agg_value"] == pytest.approx(auc)
     assert result["privleak"]["agg_value"] == pytest.approx(((1 - auc) - 0.5) / 0.5 * 100)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_muse_through_the_run_plan_on_replicas(
+    ray_cluster: None, setup: tuple[Any, Any, MuseSource], result: dict[str, Any], tmp_path: Path
+) -> None:
+    from baldro_ray.config import load_config
+    from baldro_ray.eval.evaluate import evaluate_and_report, plan_evaluation, references
+    from baldro_ray.models.tiny import save_model
+
+    model, tokenizer, source = setup
+    save_model(model, tokenizer, tmp_path / "model")
+    config = load_config(
+        overrides=[
+            "data.source=muse", f"data.location={source.location}", f"model.name_or_path={tmp_path / 'model'}",
+            "model.template=plain", "trainer.max_length=64", "evaluation.batch_size=2", "evaluation.replicas=2",
+            f"evaluation.retain_model={tmp_path / 'model'}", f"embedded.cache_dir={tmp_path / 'cache'}",
+        ]
+    )  # fmt: skip
+    plan = plan_evaluation(config)
+    refs = references(plan, None, log=lambda _: None)
+    (summary,) = evaluate_and_report(plan, [(str(tmp_path / "model"), tmp_path / "report")], refs)
+    written = json.loads((tmp_path / "report" / "MUSE_EVAL.json").read_text())
+    for name in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "mia_min_k"):
+        assert written[name]["agg_value"] == pytest.approx(result[name]["agg_value"], abs=1e-6), name
+    assert summary["eval/privleak"] == pytest.approx(0.0)  # the retain model is this model
+    assert "forget_quality" not in written  # a TOFU metric
