@@ -75,6 +75,15 @@ def _unlearn(config_path: str | None, overrides: Sequence[str], name: str | None
         f"forget {metrics.get('train/forget_loss', float('nan')):.4f}, DRO ESS {metrics.get('train/dro_ess', float('nan')):.2f}\n"
         f"model:      {outcome.model_dir}\ntrajectory: {outcome.trajectory}\nconfig:     {outcome.output_dir / 'config.yaml'}"
     )
+    if outcome.best_epoch is not None:
+        print(
+            f"best epoch: {outcome.best_epoch} (reports in {outcome.output_dir / 'epochs'}, plots in {outcome.output_dir / 'plots'})"
+        )
+    if config.tracking.enabled:
+        import json
+
+        mlflow = json.loads((outcome.output_dir / "summary.json").read_text())["mlflow"]
+        print(f"MLflow:     run {mlflow['run_id']} in {mlflow['tracking_uri']}")
 
 
 def _evaluate(config_path: str | None, overrides: Sequence[str], model: str, target: str | None,
