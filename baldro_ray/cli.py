@@ -94,9 +94,10 @@ def _evaluate(config_path: str | None, overrides: Sequence[str], model: str, tar
 
     from baldro_ray.cluster import ensure_ray
     from baldro_ray.eval.evaluate import evaluate_and_report, plan_evaluation, references
+    from baldro_ray.hub import is_hub_id
 
     config = load_config(config_path, overrides)
-    if not os.path.exists(model) and "/" not in model:
+    if not os.path.exists(model) and not is_hub_id(model):
         raise ConfigError(f"--model {model!r} does not exist (and is not an 'owner/name' hub id)")
     ensure_ray()
     data_dir, retain_model, target = None, None, target or config.model.name_or_path

@@ -23,6 +23,7 @@ from baldro_ray.data.render import PromptTemplate
 from baldro_ray.eval.balance import balance_report
 from baldro_ray.eval.privacy import privleak_entry
 from baldro_ray.eval.tofu import forget_quality_entry, load_retain_eval, write_eval, write_json_atomic
+from baldro_ray.hub import is_hub_id
 
 EVAL_VERSION = 1  # bump when a metric's definition changes: invalidates cached reference evaluations
 BALANCE_FILE = "BALANCE.json"
@@ -85,6 +86,17 @@ def plan_evaluation(
         raise ConfigError(f"data.location is required for data.source={data.source!r}")
     benchmark = "MUSE" if data.source == "muse" else "TOFU"
     source = build_source(data.source, location)
+    retain_logs = None
+    if settings.retain_logs_path is not None:
+        try:
+            retain_logs = load_retain_eval(settings.retain_logs_path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"evaluation.retain_logs_path: {err}") from None
+    retain = settings.retain_model or retain_model
+    if retain is not None and not os.path.exists(retain) and not is_hub_id(retain):
+        raise ConfigError(
+            f"evaluation.retain_model {retain!r} does not exist (and is not an 'owner/name' hub id)"
+        )
     for subset in _required_subsets(benchmark, data.forget_split, data.holdout_split):
         try:
             source.load(subset)
@@ -93,17 +105,6 @@ def plan_evaluation(
                 f"evaluation needs the {benchmark} subset {subset!r}: {err}\n"
                 "(set evaluation.enabled=false to unlearn without evaluating)"
             ) from None
-    retain_logs = None
-    if settings.retain_logs_path is not None:
-        try:
-            retain_logs = load_retain_eval(settings.retain_logs_path)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"evaluation.retain_logs_path: {err}") from None
-    retain = settings.retain_model or retain_model
-    if retain is not None and not os.path.exists(retain) and "/" not in retain:
-        raise ConfigError(
-            f"evaluation.retain_model {retain!r} does not exist (and is not an 'owner/name' hub id)"
-        )
     groups = None
     sidecar = Path(location) / f"{data.forget_split}_difficulty.json"
     if benchmark == "TOFU" and sidecar.is_file():

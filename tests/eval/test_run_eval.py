@@ -107,6 +107,15 @@ def test_missing_benchmark_subset_fails_before_evaluating(tmp_path: Path) -> Non
         plan_evaluation(config)
 
 
+def test_missing_retain_model_fails_before_evaluating(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    config = load_config(
+        overrides=["data.source=tofu", f"data.location={tmp_path}", f"evaluation.retain_model={missing}"]
+    )
+    with pytest.raises(ConfigError, match=f"evaluation.retain_model '{missing}' does not exist"):
+        plan_evaluation(config)
+
+
 @pytest.mark.timeout(300)
 def test_cli_eval_writes_the_report(refs: Any, embedded_tiny: tuple[list[str], Any], tmp_path: Path) -> None:
     base, assets = embedded_tiny
