@@ -128,7 +128,8 @@ def memorisation_report(assets: EmbeddedAssets, max_length: int) -> dict[str, di
     split's hard and easy groups: the gap between target and retain on forget is what unlearning must close."""
     import numpy as np
 
-    from baldro_ray.eval.scoring import answer_probability, score_rows
+    from baldro_ray.eval.inference import LocalInference, Score
+    from baldro_ray.eval.metrics import answer_probability
     from baldro_ray.models.tiny import load_model
 
     retain_split = RETAIN_OF_FORGET[assets.forget_split]
@@ -136,15 +137,20 @@ def memorisation_report(assets: EmbeddedAssets, max_length: int) -> dict[str, di
     groups = np.array(
         [row["group"] for row in read_records(assets.data_dir / f"{assets.forget_split}_difficulty.json")]
     )
+    requests = {
+        split: [
+            Score(row["question"], row["answer"]) for row in read_records(assets.data_dir / f"{split}.json")
+        ]
+        for split in (assets.forget_split, retain_split, holdout_split)
+    }
     report: dict[str, dict[str, float]] = {}
     for role, path in (("target", assets.target_model), ("retain", assets.retain_model)):
         model, tokenizer = load_model(path)
-        probs = {}
-        for split in (assets.forget_split, retain_split, holdout_split):
-            rows = read_records(assets.data_dir / f"{split}.json")
-            probs[split] = answer_probability(
-                *score_rows(model, tokenizer, rows, TEMPLATES[TEMPLATE_NAME], max_length)
-            )
+        inference = LocalInference(model, tokenizer, TEMPLATES[TEMPLATE_NAME], max_length, batch_size=32)
+        probs = {
+            split: answer_probability([r["nll_sum"] / r["n_tokens"] for r in inference.run(split_requests)])
+            for split, split_requests in requests.items()
+        }
         report[role] = {split: float(p.mean()) for split, p in probs.items()}
         for group in ("hard", "easy"):
             if (groups == group).any():

@@ -68,9 +68,8 @@ def quickstart_configs(
     config_path: str | None, overrides: Sequence[str], method: str | None, workers: int | None
 ) -> tuple[RunConfig, RunConfig]:
     """The BalDRO config and its baseline (the same with ``BASELINE_OVERRIDES``); flags come before overrides."""
-    flags = [f"method.name={method}"] * (method is not None) + [f"trainer.num_workers={workers}"] * (
-        workers is not None
-    )
+    flags = [f"method.name={method}"] if method is not None else []
+    flags += [f"trainer.num_workers={workers}"] if workers is not None else []
     path = config_path or PRESET
     return load_config(path, [*flags, *overrides]), load_config(
         path, [*flags, *BASELINE_OVERRIDES, *overrides]

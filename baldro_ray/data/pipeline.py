@@ -122,7 +122,7 @@ class _ReferenceScorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from baldro_ray.data.render import pad_batch
-        from baldro_ray.eval.scoring import score_batch
+        from baldro_ray.eval.inference import score_batch
 
         padded = pad_batch({"input_ids": batch["input_ids"], "labels": batch["labels"]}, self.pad_token_id)
         nll_sum, _ = score_batch(self.model, padded)

@@ -115,6 +115,26 @@ def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
     }
 
 
+def _logits_and_nll(
+    model: Any, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits, labels, nll_sum[B], n_tokens[B])`` of a padded batch (``input_ids``, ``attention_mask``,
+    ``labels``), on the model's device."""
+    device = next(model.parameters()).device
+    labels = batch["labels"].to(device)
+    logits = model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    ).logits
+    return (logits, labels, *sequence_nll(logits, labels))
+
+
+@torch.no_grad()
+def score_batch(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nll_sum[B], n_tokens[B])`` on the CPU of an already tokenised, padded batch, without gradients."""
+    _, _, nll_sum, n_tokens = _logits_and_nll(model, batch)
+    return nll_sum.cpu(), n_tokens.cpu()
+
+
 @torch.no_grad()
 def _score(
     model: Any, tokenizer: Any, template: PromptTemplate, chunk: Sequence[Score], max_length: int
@@ -126,12 +146,7 @@ def _score(
         {"input_ids": [e["input_ids"] for e in encoded], "labels": [e["labels"] for e in encoded]},
         tokenizer.pad_token_id,
     )
-    device = next(model.parameters()).device
-    labels = batch["labels"].to(device)
-    logits = model(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-    ).logits
-    nll_sum, n_tokens = sequence_nll(logits, labels)
+    logits, labels, nll_sum, n_tokens = _logits_and_nll(model, batch)
     results = []
     for i, request in enumerate(chunk):
         result: dict[str, Any] = {"nll_sum": float(nll_sum[i].double()), "n_tokens": int(n_tokens[i])}

@@ -21,6 +21,7 @@ from baldro_ray.train.unlearn import MODEL_DIR
 
 PLOTS_DIR = "plots"
 _ARTIFACT_SUFFIXES = (".json", ".yaml", ".parquet")
+_EPOCH_PLOT_KEYS = ("forget_quality", "forget_ks_statistic", "model_utility", "score")
 
 
 def open_recorder(
@@ -50,19 +51,7 @@ def write_plots(
     plots.dro_weights(trajectory, out / "dro_weights.png")
     if evaluations:
         rows = [
-            {
-                "epoch": e["epoch"],
-                **{
-                    k: e[f"eval/{k}"]
-                    for k in ("forget_quality", "model_utility", "score")
-                    if f"eval/{k}" in e
-                },
-                **(
-                    {"forget_ks_statistic": e["eval/forget_ks_statistic"]}
-                    if "eval/forget_ks_statistic" in e
-                    else {}
-                ),
-            }
+            {"epoch": e["epoch"], **{key: e[f"eval/{key}"] for key in _EPOCH_PLOT_KEYS if f"eval/{key}" in e}}
             for e in evaluations
         ]
         plots.epoch_metrics(rows, out / "epoch_metrics.png")

@@ -159,12 +159,11 @@ class _Units:
     ) -> None:
         batches = _non_empty(micro)
         self.forget = self.retain = self.dummy = None
-        if batches:
-            outputs = _forward(model, batches)
-        else:
-            # A rank with no rows still forwards its dummy row here, in step with the others: DDP's forward can
-            # run collectives (its first bucket rebuild does), so a late forward would deadlock.
-            ((self.dummy, _),), outputs = _forward(model, [micro.forget]), []
+        # A rank with no rows still forwards its dummy row here, in step with the others: DDP's forward can run
+        # collectives (its first bucket rebuild does), so a late forward would deadlock.
+        outputs = _forward(model, batches or [micro.forget])
+        if not batches:
+            self.dummy = outputs.pop(0)[0]
         if len(micro.forget_positions):
             logits, labels = outputs.pop(0)
             tokens = token_nll(logits, labels)
