@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", help="forget loss (NPO, SimNPO, SatImp, GA, GradDiff); default: the preset's NPO"
     )
     quick.add_argument("--workers", type=int, help="Ray Train workers per run; default: the preset's 2")
+    sweep = commands.add_parser(
+        "tune",
+        help="Ray Tune sweep of unlearning runs (DV temperature, G ratio, lr, ...) against the combined objective",
+    )
+    sweep.add_argument("--config", help="sweep file or preset (presets/sweeps/): a run config plus 'sweep:'")
+    sweep.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="run overrides, or sweep.<key>=value"
+    )
+    sweep.add_argument("--name", help="sweep folder under output_dir; default: <sweep>-<timestamp>")
+    sweep.add_argument(
+        "--restore", metavar="FOLDER", help="continue the sweep in FOLDER after its driver died"
+    )
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a model (folder or Hugging Face name) on the config's benchmark with Ray Data replicas",
@@ -127,6 +139,27 @@ def _quickstart(
         )
 
 
+def _tune(config_path: str | None, overrides: Sequence[str], name: str | None, restore: str | None) -> None:
+    from baldro_ray.cluster import ensure_ray
+    from baldro_ray.tune.space import load_sweep
+    from baldro_ray.tune.sweep import restore_sweep, run_sweep
+
+    if (config_path is None) == (restore is None):
+        raise ConfigError("tune needs exactly one of --config SWEEP (a new sweep) or --restore FOLDER")
+    if restore is not None and (overrides or name):
+        raise ConfigError("--restore continues a sweep as it was recorded: no overrides or --name")
+    sweep = None if config_path is None else load_sweep(config_path, overrides)
+    ensure_ray()
+    outcome = run_sweep(sweep, name) if sweep is not None else restore_sweep(restore)
+    print(f"\n{outcome.table}\n\nsweep folder: {outcome.folder}")
+    if outcome.best_dir is not None:
+        print(f"best trial {outcome.rows[0].trial_id}: model and config in {outcome.best_dir}")
+    if outcome.pareto is not None:
+        print(f"Pareto front ({len(outcome.front)} trials): {outcome.pareto}")
+    if outcome.tracking_uri:
+        print(f"MLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
+
+
 def _finetune(config_path: str | None, overrides: Sequence[str]) -> None:
     from baldro_ray.cluster import ensure_ray
     from baldro_ray.embedded import memorisation_report, prepare_embedded, render_report
@@ -164,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _unlearn(args.config, args.overrides, args.name)
         elif args.command == "quickstart":
             _quickstart(args.config, args.overrides, args.method, args.workers)
+        elif args.command == "tune":
+            _tune(args.config, args.overrides, args.name, args.restore)
         elif args.command == "eval":
             _evaluate(args.config, args.overrides, args.model, args.target, args.out)
     except ConfigError as err:

@@ -232,8 +232,26 @@ class EvaluationConfig(_Section):
     retain_logs_path: str | None = Field(
         default=None, description="an open-unlearning TOFU_EVAL.json of the retain model, used instead"
     )
-    forget_weight: float = Field(default=1.0, ge=0, description="combined score: weight of 1 - KS statistic")
-    utility_weight: float = Field(default=1.0, ge=0, description="combined score: weight of model utility")
+    objective: Literal["geometric", "arithmetic", "utility_at_fq_floor"] = Field(
+        default="geometric",
+        description="the combined forget/utility score (eval/score) that picks the best epoch and drives Tune: "
+        "weighted geometric or arithmetic mean of the forget term (TOFU: 1 - KS statistic) and the utility term "
+        "(TOFU: model utility), or model utility among models whose forget quality reaches fq_floor",
+    )
+    forget_weight: float = Field(default=1.0, ge=0, description="combined score: weight of the forget term")
+    utility_weight: float = Field(default=1.0, ge=0, description="combined score: weight of the utility term")
+    fq_floor: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="utility_at_fq_floor: the forget quality (p-value) a model must reach",
+    )
+
+    @model_validator(mode="after")
+    def _weights_not_both_zero(self) -> EvaluationConfig:
+        if self.forget_weight + self.utility_weight == 0:
+            raise ValueError("forget_weight and utility_weight cannot both be 0")
+        return self
 
 
 class TrackingConfig(_Section):
@@ -295,17 +313,46 @@ def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
 
 
 def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The raw mapping of a YAML config; ``extends: other.yaml`` (relative to the file) is merged underneath."""
+    """The raw mapping of a YAML config with its ``extends`` merged underneath.
+
+    ``extends`` is one entry or a list of entries, merged in order (a later entry overrides an earlier one, the
+    file's own keys override them all); an entry is a file path relative to the file or, when no such file exists,
+    a packaged preset name (see :func:`resolve_config_path`). A file that extends itself, directly or through
+    others, is an error; the same base reached along two branches is not.
+    """
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"config file {path} extends itself through {[str(p) for p in _seen]}")
     data = _read_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: key 'extends' must be a file path; found {parent!r}")
-    return _deep_merge(read_config_file(path.parent / parent, (*_seen, path)), data)
+    merged: dict[str, Any] = {}
+    for parent in _extends_entries(path, data.pop("extends", None)):
+        merged = _deep_merge(merged, read_config_file(parent, (*_seen, path)))
+    return _deep_merge(merged, data)
+
+
+def _extends_entries(path: Path, value: Any) -> list[Path]:
+    """The files that ``extends: value`` of the config file ``path`` names, in merge order."""
+    if value is None:
+        return []
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, str) and e for e in entries):
+        raise ConfigError(
+            f"{path}: key 'extends' must be a file path or preset name, or a non-empty list of them; "
+            f"found {value!r}"
+        )
+    files = []
+    for entry in entries:
+        beside = path.parent / entry
+        if beside.is_file():
+            files.append(beside)
+            continue
+        try:
+            files.append(_preset_file(entry))
+        except ConfigError as err:
+            raise ConfigError(
+                f"{path}: 'extends' entry {entry!r} is not a file next to it ({beside}): {err}"
+            ) from None
+    return files
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -322,10 +369,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Set each dotted key; unknown keys are kept so that validation reports them with a suggestion."""
+    """Set each dotted ``key=value``; unknown keys are kept so that validation reports them with a suggestion."""
+    return set_values(data, [(*parse_override(text), f"override {text!r}") for text in overrides])
+
+
+def set_values(data: dict[str, Any], values: Sequence[tuple[list[str], Any, str]]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``(key path, value, label)`` set; ``label`` names the source in errors."""
     result = _deep_merge({}, data)
-    for text in overrides:
-        parts, value = parse_override(text)
+    for parts, value, label in values:
         node = result
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -333,7 +384,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 child = node[part] = {}
             elif not isinstance(child, dict):
                 prefix = ".".join(parts[: depth + 1])
-                raise ConfigError(f"override {text!r}: {prefix!r} is a value ({child!r}), not a section")
+                raise ConfigError(f"{label}: {prefix!r} is a value ({child!r}), not a section")
             else:
                 child = node[part] = dict(child)
             node = child
@@ -397,26 +448,58 @@ def validate_config(
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+# Folders of packaged YAML files that are not run configurations (Tune search spaces).
+_NOT_RUN_FOLDERS = frozenset({"sweeps"})
+
+
+def list_presets() -> list[str]:
+    """The names of the packaged presets that are complete runs, sorted: each YAML file under ``presets/`` by its
+    path without ``.yaml`` (``tofu_llama2/npo_dv_forget10``). Files and folders whose name starts with ``_`` are
+    bases that presets extend, and ``sweeps/`` holds Tune search spaces: neither is listed (bases still load by
+    name)."""
+    names = []
+    for file in PRESETS_DIR.rglob("*.yaml"):
+        parts = file.relative_to(PRESETS_DIR).with_suffix("").parts
+        if parts[0] not in _NOT_RUN_FOLDERS and not any(part.startswith("_") for part in parts):
+            names.append("/".join(parts))
+    return sorted(names)
+
+
+def _preset_file(name: str) -> Path:
+    """The packaged preset file of ``name`` (with or without ``.yaml``); :class:`ConfigError` listing the presets,
+    closest first, when there is none."""
+    parts = Path(name.removesuffix(".yaml")).parts
+    if parts and not Path(name).is_absolute() and ".." not in parts:
+        file = PRESETS_DIR.joinpath(*parts[:-1], f"{parts[-1]}.yaml")
+        if file.is_file():
+            return file
+    names = list_presets()
+    close = difflib.get_close_matches(name.removesuffix(".yaml"), names, n=3)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    raise ConfigError(f"not a packaged preset; {hint}packaged presets: {names}")
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """``path`` itself, or the packaged preset of that name (``embedded_npo_dv`` -> ``presets/embedded_npo_dv.yaml``)
-    when no such file exists; :class:`ConfigError` listing the presets when neither does."""
+    """``path`` itself when that file exists, else the packaged preset of that name (``embedded_npo_dv`` ->
+    ``presets/embedded_npo_dv.yaml``, ``tofu_llama2/npo_dv_forget10`` -> ``presets/tofu_llama2/npo_dv_forget10.yaml``);
+    :class:`ConfigError` listing the presets when neither exists."""
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    preset = PRESETS_DIR / f"{candidate.name.removesuffix('.yaml')}.yaml"
-    if candidate.parent == Path(".") and preset.is_file():
-        return preset
-    names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-    raise ConfigError(f"config file {path} does not exist (and is not a packaged preset: {names})")
+    try:
+        return _preset_file(str(path))
+    except ConfigError as err:
+        raise ConfigError(f"config file {path} does not exist (and is {err})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read ``path`` (a file or a preset name; or the defaults), apply ``overrides`` in order, validate; raises
     :class:`ConfigError`."""
-    data = read_config_file(resolve_config_path(path)) if path is not None else {}
-    return validate_config(apply_overrides(data, overrides), str(path or "<defaults>"), overrides)
+    if path is None:
+        return validate_config(apply_overrides({}, overrides), "<defaults>", overrides)
+    file = resolve_config_path(path)
+    source = str(path) if file == Path(path) else f"{path} ({file})"
+    return validate_config(apply_overrides(read_config_file(file), overrides), source, overrides)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -159,15 +159,10 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print, parent: An
         return _run(run, recorder, log)
 
 
-def _trainer(run: ResolvedRun, recorder: Any) -> Any:
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
-
-    from baldro_ray.cluster import worker_env
+def build_datasets(run: ResolvedRun) -> dict[str, Any]:
+    """The run's Ray Datasets: ``forget`` (with the reference model's NLL, scored once, when the method needs it)
+    and ``retain`` (when it is used)."""
     from baldro_ray.data.pipeline import qa_dataset
-    from baldro_ray.eval.checkpoints import evaluates_every_epoch
-    from baldro_ray.train.unlearn import unlearn_loop
 
     config = run.config
     datasets = {"forget": _forget_dataset(run)}
@@ -179,13 +174,36 @@ def _trainer(run: ResolvedRun, recorder: Any) -> Any:
             config.trainer.max_length,
             config.data.retain_split,
         )
-    tracking = None if recorder is None else {"uri": recorder.uri, "run_id": recorder.run_id}
+    return datasets
+
+
+def build_trainer(
+    run: ResolvedRun,
+    datasets: dict[str, Any],
+    storage_path: Path,
+    tracking: dict[str, str] | None = None,
+    stop_epoch: int | None = None,
+) -> Any:
+    """The run's ``TorchTrainer``. Fitting it again with the same ``storage_path`` resumes from the last epoch
+    checkpoint there; ``stop_epoch`` ends the fit after that epoch (the learning-rate schedule stays the full
+    run's), so a run can be trained one epoch per fit. ``tracking`` (``uri``, ``run_id``) is the MLflow run the
+    workers log steps into."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
+    from baldro_ray.cluster import worker_env
+    from baldro_ray.eval.checkpoints import evaluates_every_epoch
+    from baldro_ray.train.unlearn import unlearn_loop
+
+    config = run.config
     return TorchTrainer(
         unlearn_loop,
         train_loop_config={
             "run": config.model_dump(mode="json"),
             "model_path": run.model_path,
             "tracking": tracking,
+            "stop_epoch": stop_epoch,
         },  # fmt: skip
         scaling_config=ScalingConfig(
             num_workers=config.trainer.num_workers,
@@ -193,11 +211,14 @@ def _trainer(run: ResolvedRun, recorder: Any) -> Any:
             resources_per_worker={"CPU": config.trainer.cpus_per_worker},
         ),
         run_config=RayRunConfig(
-            name=run.name,
-            storage_path=str(run.output_dir.parent / ".ray" / run.name),
+            name=storage_path.name,
+            storage_path=str(storage_path.parent),
             failure_config=FailureConfig(max_failures=config.trainer.max_failures),
-            # Every epoch's model is kept for evaluation when it is evaluated per epoch.
-            checkpoint_config=CheckpointConfig(num_to_keep=None if evaluates_every_epoch(config) else 2),
+            # Every epoch's model is kept for evaluation after training when it is evaluated per epoch; one fit
+            # per epoch evaluates it before the next, and only the latest is needed to resume.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=None if evaluates_every_epoch(config) and stop_epoch is None else 2
+            ),
             worker_runtime_env={"env_vars": worker_env()},
         ),
         datasets=datasets,
@@ -213,7 +234,9 @@ def _run(run: ResolvedRun, recorder: Any, log: Callable[[str], None]) -> Unlearn
 
     config, out = run.config, run.output_dir
     started = time.perf_counter()
-    result = _trainer(run, recorder).fit()
+    tracking = None if recorder is None else {"uri": recorder.uri, "run_id": recorder.run_id}
+    storage = out.parent / ".ray" / run.name / run.name
+    result = build_trainer(run, build_datasets(run), storage, tracking).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"unlearning run {run.name} ended without a checkpoint: {result.error}")
     seconds = time.perf_counter() - started

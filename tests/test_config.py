@@ -130,7 +130,10 @@ def test_extends_merges_sections_deeply() -> None:
 
 def test_preset_names_resolve_to_the_packaged_presets() -> None:
     assert load_config("embedded_npo_g") == load_config(CONFIGS / "embedded_npo_g.yaml")
-    with pytest.raises(ConfigError, match=r"not a packaged preset: \['embedded_npo', 'embedded_npo_dv'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"not a packaged preset; did you mean 'embedded_npo(.|\n)*packaged presets: \['embedded_npo'",
+    ):
         load_config("embedded_npo_x")
 
 
@@ -151,3 +154,51 @@ def test_every_shipped_config_validates(path: Path) -> None:
 def test_config_choices_match_the_objective_library() -> None:
     assert set(DROConfig.model_fields["type"].annotation.__args__) == set(AGGREGATIONS)
     assert set(MethodConfig.model_fields["retain_reduction"].annotation.__args__) == set(RETAIN_REDUCTIONS)
+
+
+def test_extends_takes_a_list_merged_in_order(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("trainer: {lr: 1.0e-4, epochs: 3}\nmethod: {beta: 0.2}\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\ntrainer: {lr: 2.0e-4}\n")
+    (tmp_path / "c.yaml").write_text("extends: a.yaml\nmethod: {beta: 0.3}\n")
+    # b and c both extend a (a diamond, not a cycle); c comes later and wins where they differ; own keys win last
+    (tmp_path / "run.yaml").write_text("extends: [b.yaml, c.yaml]\ntrainer: {epochs: 4}\n")
+    config = load_config(tmp_path / "run.yaml")
+    assert (config.trainer.lr, config.trainer.epochs, config.method.beta) == (1e-4, 4, 0.3)
+    (tmp_path / "run2.yaml").write_text("extends: [c.yaml, b.yaml]\n")
+    assert load_config(tmp_path / "run2.yaml").trainer.lr == 2e-4
+
+
+def test_extends_names_a_packaged_preset_when_no_file_is_beside(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: [embedded_npo_dv, tofu_llama2/_forget01]\ntrainer: {epochs: 2}\n")
+    config = load_config(path)
+    assert config.method.dro.type == "dv" and config.data.forget_split == "forget01"
+    assert (
+        config.trainer.epochs == 2 and config.trainer.num_workers == 8
+    )  # the later base wins over the earlier
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("extends: []\n", "non-empty list"),
+        ("extends: 3\n", "must be a file path or preset name"),
+        ("extends: [a.yaml, 3]\n", "must be a file path or preset name"),
+        ("extends: nowhere.yaml\n", r"'extends' entry 'nowhere.yaml' is not a file next to it"),
+        ("extends: embeded_npo_dv\n", "did you mean 'embedded_npo_dv'"),
+    ],
+)
+def test_extends_errors(tmp_path: Path, text: str, fragment: str) -> None:
+    (tmp_path / "a.yaml").write_text("{}\n")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(path)
+
+
+def test_a_cycle_through_a_list_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: [ok.yaml, b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    (tmp_path / "ok.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml extends itself through"):
+        load_config(tmp_path / "a.yaml")

@@ -54,7 +54,7 @@ def evaluate_checkpoints(
         summaries = evaluate_and_report(plan, jobs, refs)
         evaluations = [{"epoch": epoch, **summary} for epoch, summary in zip(models, summaries)]
         for evaluation in evaluations:
-            log(_eval_line(evaluation))
+            log(eval_line(evaluation))
         best = max(evaluations, key=lambda e: -math.inf if math.isnan(e["eval/score"]) else e["eval/score"])
         best_epoch = int(best["epoch"])
         if len(evaluations) > 1:
@@ -62,7 +62,9 @@ def evaluate_checkpoints(
     return evaluations, best_epoch
 
 
-def _eval_line(summary: dict[str, float]) -> str:
+def eval_line(summary: dict[str, float]) -> str:
+    """One line of an epoch's evaluation: forget quality, KS, model utility and the objective."""
+
     def get(key: str) -> float:
         return summary.get(key, float("nan"))
 

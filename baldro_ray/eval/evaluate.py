@@ -1,5 +1,5 @@
 """Evaluating models of a run: the benchmark's metrics on a Ray Data replica pool, the retain and target
-references (evaluated once, cached), forgetting balance, and the combined score that picks the best checkpoint.
+references (evaluated once, cached), forgetting balance, and the combined score (:mod:`~baldro_ray.eval.objective`).
 
 Invariant: :func:`plan_evaluation` checks everything a configuration can get wrong (benchmark data, retain logs,
 retain model) before any model is evaluated; the reference evaluations are cached under
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 from baldro_ray.config import ConfigError, EvaluationConfig, RunConfig
 from baldro_ray.data.render import PromptTemplate
 from baldro_ray.eval.balance import balance_report
+from baldro_ray.eval.objective import combined_score, objective_terms
 from baldro_ray.eval.privacy import privleak_entry
 from baldro_ray.eval.tofu import forget_quality_entry, load_retain_eval, write_eval, write_json_atomic
 from baldro_ray.hub import is_hub_id
@@ -85,6 +85,11 @@ def plan_evaluation(
     if location is None:
         raise ConfigError(f"data.location is required for data.source={data.source!r}")
     benchmark = "MUSE" if data.source == "muse" else "TOFU"
+    if benchmark == "MUSE" and settings.objective == "utility_at_fq_floor":
+        raise ConfigError(
+            "evaluation.objective='utility_at_fq_floor' needs TOFU's forget quality; MUSE has none: "
+            "use 'geometric' or 'arithmetic'"
+        )
     source = build_source(data.source, location)
     retain_logs = None
     if settings.retain_logs_path is not None:
@@ -211,16 +216,6 @@ def forgetting_balance(
     return balance_report(*values, groups=groups)
 
 
-def combined_score(result: Mapping[str, Any], settings: EvaluationConfig) -> float:
-    """``forget_weight * (1 - KS statistic) + utility_weight * model_utility`` (TOFU), higher is better; NaN when
-    a term is missing. The KS statistic ranks runs where the forget-quality p-value underflows."""
-    statistic = result.get("forget_quality", {}).get("statistic")
-    utility = result.get("model_utility", {}).get("agg_value")
-    if statistic is None or utility is None:
-        return math.nan
-    return settings.forget_weight * (1.0 - statistic) + settings.utility_weight * utility
-
-
 def summarise(
     result: Mapping[str, Any], settings: EvaluationConfig, balance: Mapping[str, Any] | None
 ) -> dict[str, float]:
@@ -229,6 +224,7 @@ def summarise(
     if "forget_quality" in result:
         out["eval/forget_ks_statistic"] = float(result["forget_quality"]["statistic"])
         out["eval/forget_quality_log10"] = float(result["forget_quality"]["log10_pvalue"])
+    out["eval/forget_term"], out["eval/utility_term"] = objective_terms(result)
     out["eval/score"] = combined_score(result, settings)
     for key, value in (balance or {}).items():
         if isinstance(value, (int, float)):

@@ -212,7 +212,8 @@ def min_k_plus_plus_score(
     """Min-K%++ per sample: Min-K% of ``(log p(x_t) - mu_t) / sigma_t``.
 
     ``mu_t = E_{z~p_t}[log p_t(z)]`` and ``sigma_t`` its standard deviation (not variance) over the vocabulary
-    at position t; ``sigma_t`` must be positive.
+    at position t. A position where the model is certain (``sigma_t = 0``, all mass on one token, as in a collapsed
+    model) has no z-score and is left out; a sample with no position left scores NaN. Negative sigma is an error.
     """
     _check_k(k)
     lps = _ragged("token_log_probs", token_log_probs)
@@ -223,9 +224,10 @@ def min_k_plus_plus_score(
     for i, (lp, mu, sigma) in enumerate(zip(lps, mus, sigmas)):
         if not lp.shape == mu.shape == sigma.shape:
             raise ValueError(f"sample {i}: shapes {lp.shape}, {mu.shape}, {sigma.shape} differ")
-        if (sigma <= 0).any():
-            raise ValueError(f"sample {i}: token_sigma must be positive")
-        scores.append(_lowest_k_mean((lp - mu) / sigma, k))
+        if (sigma < 0).any():
+            raise ValueError(f"sample {i}: token_sigma must be >= 0")
+        keep = sigma != 0
+        scores.append(_lowest_k_mean((lp[keep] - mu[keep]) / sigma[keep], k) if keep.any() else math.nan)
     return np.array(scores)
 
 

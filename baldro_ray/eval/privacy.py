@@ -43,11 +43,17 @@ def mia_entries(
     nonmembers: Sequence[Mapping[str, Any]],
     nonmember_texts: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
-    """One entry per attack: AUC of members against non-members, with the per-sample scores."""
+    """One entry per attack: AUC of members against non-members, with the per-sample scores; the AUC is NaN when
+    a score is not finite (a model with NaN weights, or Min-K%++ on a model certain of every token)."""
     inside, outside = attack_scores(members, member_texts), attack_scores(nonmembers, nonmember_texts)
+
+    def auc(name: str) -> float:
+        finite = np.isfinite(inside[name]).all() and np.isfinite(outside[name]).all()
+        return M.mia_auc(inside[name], outside[name]) if finite else float("nan")
+
     return {
         name: {
-            "agg_value": M.mia_auc(inside[name], outside[name]),
+            "agg_value": auc(name),
             "value_by_index": _by_index(inside[name]),
             "holdout_value_by_index": _by_index(outside[name]),
         }

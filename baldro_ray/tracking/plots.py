@@ -47,7 +47,8 @@ def _columns(trajectory: pa.Table | Path | str, needed: Sequence[str]) -> dict[s
     return {name: values[keep] for name, values in data.items()}
 
 
-def _save(figure: Figure, out: Path) -> Path:
+def save_figure(figure: Figure, out: Path) -> Path:
+    """Write ``figure`` as a PNG to ``out`` atomically (a temporary file renamed into place)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
@@ -115,7 +116,7 @@ def forgetting_curves(trajectory: pa.Table | Path, groups: Mapping[int, str] | N
     ax.set_ylabel("answer probability exp(-avg NLL)")
     ax.set_title("Forgetting per sample")
     ax.grid(alpha=0.3)
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
 def dro_weights(trajectory: pa.Table | Path, out: Path) -> Path:
@@ -151,7 +152,7 @@ def dro_weights(trajectory: pa.Table | Path, out: Path) -> Path:
     ax.set_ylabel("DRO weight x batch size")
     ax.set_title("DRO weight spread (box 25-75 %, whiskers 10-90 %)")
     ax.grid(alpha=0.3, axis="y")
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
 def _series(rows: Sequence[Mapping[str, float]], key: str, log: bool = False) -> tuple[list, list]:
@@ -192,4 +193,4 @@ def epoch_metrics(rows: Sequence[Mapping[str, float]], out: Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     figure.suptitle("Evaluation per epoch")
-    return _save(figure, out)
+    return save_figure(figure, out)

@@ -237,15 +237,15 @@ class RunRecorder:
         return recorder
 
     @classmethod
-    def attach(cls, uri: str, run_id: str) -> RunRecorder:
+    def attach(cls, uri: str, run_id: str, owns_run: bool = False) -> RunRecorder:
         """A recorder logging into the existing run ``run_id`` (e.g. from a Ray Train rank-0 worker).
 
-        It never ends the run: ``end`` and leaving the context only close the recorder, and the run's owner (the
-        driver's recorder, which sees a worker's failure) sets its final status. A sqlite store must be on a
-        filesystem the worker's node shares.
+        Unless it ``owns_run`` (a resumed Tune trial taking its run back), it never ends the run: ``end`` and
+        leaving the context only close the recorder, and the run's owner (the driver's recorder, which sees a
+        worker's failure) sets its final status. A sqlite store must be on a filesystem the worker's node shares.
         """
         client = MlflowClient(uri)
-        return cls(client, run_id, client.get_run(run_id).info.experiment_id, owns_run=False)
+        return cls(client, run_id, client.get_run(run_id).info.experiment_id, owns_run=owns_run)
 
     def child(self, run_name: str, config: RunConfig | None = None) -> RunRecorder:
         """A nested run in the same experiment, tagged ``mlflow.parentRunId`` = this run."""

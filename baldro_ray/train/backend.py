@@ -264,16 +264,19 @@ def build_backend(
     lr: float,
     weight_decay: float,
     scheduler_fn: Callable[[Optimizer], LRScheduler],
+    device: torch.device,
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module],
 ) -> TrainingBackend:
-    """Inside a Ray Train worker: load the model as ``spec`` needs, wrap it with AdamW and the scheduler.
+    """Load the model as ``spec`` needs, wrap it with AdamW and the scheduler, on the process group that exists
+    (in a Ray Train worker, the one Ray created; ``device`` and ``prepare_model``, which moves the model there and
+    wraps it for data parallelism, are then ``ray.train.torch.get_device`` and ``ray.train.torch.prepare_model``).
 
-    Reuses the process group Ray Train created. Under ZeRO-3 the model is loaded partitioned (no rank holds a
-    full copy). One ZeRO-3 backend at most may be alive per process: transformers keeps a process-global flag.
+    Under ZeRO-3 the model is loaded partitioned (no rank holds a full copy). One ZeRO-3 backend at most may be
+    alive per process: transformers keeps a process-global flag.
     """
-    import ray.train.torch
     from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
 
-    if spec.zero_stage is not None and ray.train.torch.get_device().type == "cpu":
+    if spec.zero_stage is not None and device.type == "cpu":
         # DeepSpeed picks its accelerator once, on first import (validation imports it): a CPU worker on a
         # GPU node would otherwise pick CUDA.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -281,7 +284,7 @@ def build_backend(
     if spec.zero_stage != 3 and is_deepspeed_zero3_enabled():
         raise RuntimeError("a ZeRO-3 backend is still alive in this process; from_pretrained would partition")
     if spec.zero_stage is None:
-        model = ray.train.torch.prepare_model(model_loader())
+        model = prepare_model(model_loader())
         optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
         return _DDPBackend(model, optimizer, scheduler_fn(optimizer), spec.gradient_clipping)
 

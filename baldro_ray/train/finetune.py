@@ -45,6 +45,7 @@ def finetune_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: for each job, a fresh copy of the base model trained on the job's dataset shard
     (token-mean answer NLL, AdamW, linear warm-up and decay, DDP); rank 0 saves every model in one checkpoint."""
     import ray.train
+    import ray.train.torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from baldro_ray.train.backend import BackendSpec, build_backend
@@ -67,6 +68,8 @@ def finetune_loop(config: dict[str, Any]) -> None:
                 lambda opt, steps=steps: build_scheduler(
                     opt, round(settings.warmup_epochs * steps), settings.epochs * steps, "linear"
                 ),
+                ray.train.torch.get_device(),
+                ray.train.torch.prepare_model,
             )
             shard = ray.train.get_dataset_shard(job)
             metrics[f"{job}/train_loss"] = _train_one(backend, shard, tokenizer.pad_token_id, settings, rank)

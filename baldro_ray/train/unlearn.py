@@ -2,9 +2,11 @@
 
 Each worker holds the (small) forget and retain sets in memory, takes its rows of every global batch from the
 seeded layout (:mod:`baldro_ray.train.layout`), runs :func:`~baldro_ray.train.step.run_step` under DDP or DeepSpeed,
-and at each epoch end reports a Ray Train checkpoint (resumable state; at the last epoch, and at every epoch when
-each epoch is evaluated, also the consolidated model; the trajectory table). A restarted worker resumes from the last checkpoint and, since the data order is
-a function of (seed, epoch), ends with the same weights as an uninterrupted run.
+and at each epoch end reports a Ray Train checkpoint (resumable state; the trajectory table; and the consolidated
+model at the epoch it stops after, and at every epoch when each epoch is evaluated). A restarted worker, or a fit
+that continues a run stopped after an earlier epoch, resumes from the last checkpoint and, since the data order
+is a function of (seed, epoch) and the schedule spans all epochs, ends with the same weights as an uninterrupted
+run.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def _micro_batches(
 
 
 def unlearn_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point; ``config`` holds the resolved run config and the model path."""
+    """Ray Train worker entry point; ``config`` holds the resolved run config, the model path, the MLflow run to
+    log steps into and the epoch to stop after (None: the last)."""
     import ray.train
     import ray.train.torch
     from transformers import AutoTokenizer
@@ -128,6 +131,8 @@ def unlearn_loop(config: dict[str, Any]) -> None:
         lambda opt: build_scheduler(
             opt, round(trainer.warmup_epochs * steps), trainer.epochs * steps, trainer.schedule
         ),
+        ray.train.torch.get_device(),
+        ray.train.torch.prepare_model,
     )
     ref_model = (
         load_model(model_path, dtype)[0].eval().requires_grad_(False)
@@ -150,7 +155,8 @@ def unlearn_loop(config: dict[str, Any]) -> None:
     )
     device = ray.train.torch.get_device()
     live = _live_recorder(config.get("tracking")) if rank == 0 else None
-    for epoch in range(start_epoch, trainer.epochs):
+    stop_epoch = min(trainer.epochs, config.get("stop_epoch") or trainer.epochs)
+    for epoch in range(start_epoch, stop_epoch):
         forget_order, retain_order = epoch_orders(len(forget), len(retain), trainer.seed, epoch)
         metrics: dict[str, float] = {}
         for step in range(steps):
@@ -172,7 +178,7 @@ def unlearn_loop(config: dict[str, Any]) -> None:
                 live.log_metrics(metrics, global_step + 1)
         if rank == 0:
             print(format_progress(epoch + 1, trainer.epochs, steps, steps, metrics), flush=True)
-        save_model = epoch + 1 == trainer.epochs or (run.evaluation.enabled and run.evaluation.every_epoch)
+        save_model = epoch + 1 == stop_epoch or (run.evaluation.enabled and run.evaluation.every_epoch)
         _report_epoch(backend, tokenizer, telemetry, metrics, epoch + 1, save_model, rank, world)
 
 

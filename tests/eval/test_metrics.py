@@ -149,8 +149,11 @@ def test_min_k_plus_plus_by_hand() -> None:
     # z = [0, -2, 0.5]; k = 0.4 of 3 -> 1 lowest: -2; k = 1.0 -> mean = -0.5
     np.testing.assert_allclose(M.min_k_plus_plus_score([lp], [mu], [sigma]), [-2.0])
     np.testing.assert_allclose(M.min_k_plus_plus_score([lp], [mu], [sigma], k=1.0), [-0.5])
-    with pytest.raises(ValueError, match="positive"):
-        M.min_k_plus_plus_score([lp], [mu], [np.zeros(3)])
+    # sigma 0 at the second position (a certain model): left out, z = [0, 0.5]; k = 0.4 of 2 -> 1 lowest: 0
+    np.testing.assert_allclose(M.min_k_plus_plus_score([lp], [mu], [np.array([1.0, 0.0, 2.0])]), [0.0])
+    assert np.isnan(M.min_k_plus_plus_score([lp], [mu], [np.zeros(3)])).all()
+    with pytest.raises(ValueError, match=">= 0"):
+        M.min_k_plus_plus_score([lp], [mu], [-sigma])
     with pytest.raises(ValueError, match="differ"):
         M.min_k_plus_plus_score([lp], [mu[:2]], [sigma])
 

@@ -93,11 +93,13 @@ def _train(backend: Any, steps: range, rank: int) -> dict[str, list[float | None
 
 
 def _build(spec: BackendSpec, init: str) -> Any:
+    import ray.train.torch
     from transformers import AutoModelForCausalLM
 
     return build_backend(
-        spec, lambda: AutoModelForCausalLM.from_pretrained(init), LR, WEIGHT_DECAY, _schedule
-    )
+        spec, lambda: AutoModelForCausalLM.from_pretrained(init), LR, WEIGHT_DECAY, _schedule,
+        ray.train.torch.get_device(), ray.train.torch.prepare_model,
+    )  # fmt: skip
 
 
 def _worker(config: dict[str, Any]) -> None:

@@ -308,3 +308,25 @@ def test_killed_worker_resumes_from_its_checkpoint_to_the_same_weights(ray_clust
     assert "result" in outcome, "the run did not recover from the killed worker"
     resumed = load_file(outcome["result"].model_dir / "model.safetensors")
     assert max_relative_difference(resumed, uninterrupted) < 1e-9
+
+
+@pytest.mark.timeout(600)
+def test_one_epoch_per_fit_ends_on_the_weights_of_one_fit(ray_cluster, workspace: Path) -> None:
+    """A run fitted one epoch at a time (``stop_epoch``, each fit resuming from the last checkpoint in the same
+    storage, as a Tune trial does) equals the uninterrupted run, learning-rate schedule included."""
+    from baldro_ray.unlearn import build_datasets, build_trainer
+
+    common = ("trainer.epochs=2", "trainer.per_device_batch_size=2", "trainer.schedule=linear", "tracking.enabled=false",
+              "trainer.warmup_epochs=0.5", "method.dro.type=dv")  # fmt: skip
+    uninterrupted = train(workspace, "per-epoch-reference", *common)
+    run = resolve_run(config(workspace, "per-epoch", *common), name="run", log=lambda _: None)
+    datasets = build_datasets(run)
+    storage = run.output_dir.parent / "train"
+    epochs = []
+    for epoch in (1, 2):
+        result = build_trainer(run, datasets, storage, stop_epoch=epoch).fit()
+        epochs.append(result.metrics["epoch"])
+        with result.checkpoint.as_directory() as checkpoint:
+            weights = load_file(Path(checkpoint) / "model" / "model.safetensors")
+    assert epochs == [1, 2]
+    assert max_relative_difference(weights, uninterrupted) < 1e-9

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (run by hand, never asserted in tests): docs/benchmarks.md."""
