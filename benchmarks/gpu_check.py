@@ -30,6 +30,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -37,6 +40,7 @@ from baldro_ray.objectives import IGNORE_INDEX, dv_aggregate, npo_loss, sequence
 from baldro_ray.train.backend import BackendSpec, TrainingBackend, build_backend
 from baldro_ray.train.layout import StepLayout
 from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig, run_step
+from benchmarks.reference_style import reference_style_step
 
 BETA, TEMPERATURE = 0.1, -1.0
 STEP_CONFIG = StepConfig(
@@ -187,19 +191,6 @@ def gradient_check(backend: TrainingBackend, forget: Batch, retain: Batch) -> di
     return {"grad_cosine": round(cosine, 6), "grad_norm_ratio": round(ratio, 6), "grads_finite": finite}
 
 
-def reference_style_step(
-    model: Callable[..., Any], ref: Callable[..., Any], forget: Batch, retain: Batch
-) -> None:
-    """What the original code does per step: reference forward, then separate forget and retain forwards."""
-    with torch.no_grad():
-        ref_sum, _ = nll(ref, forget)
-    s, _ = nll(model, forget)
-    losses = -(2 / BETA) * torch.nn.functional.logsigmoid(-BETA * (ref_sum - s))
-    forget_loss = -abs(TEMPERATURE) * torch.log(torch.mean(torch.exp(-losses / abs(TEMPERATURE))))
-    r_sum, r_n = nll(model, retain)
-    (forget_loss + r_sum.sum() / r_n.sum()).backward()
-
-
 def timed_steps(
     fn: Callable[[int], Any], first: int, n: int, device: torch.device
 ) -> tuple[float, float | None, list[Any]]:
@@ -257,7 +248,7 @@ def run_variant(
         ref = Autocast(copy.deepcopy(base).to(device).eval().requires_grad_(False), device.type)
 
         def ref_step(i: int) -> None:
-            reference_style_step(backend.model, ref, *on_device[i])
+            reference_style_step(backend.model, backend.backward, [on_device[i]], STEP_CONFIG, i, ref)
             backend.step()
 
         timed_steps(ref_step, 0, 1, device)  # warm-up

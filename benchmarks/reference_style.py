@@ -206,16 +206,17 @@ class Agreement:
 def compare_with_run_step(
     model: torch.nn.Module,
     ref_model: torch.nn.Module | None,
-    forget: Batch,
-    retain: Batch | None,
+    micro_batches: Sequence[tuple[Batch, Batch | None]],
     cfg: StepConfig,
     step_id: int = 0,
 ) -> Agreement:
-    """One step of each implementation on one micro-batch from the current weights, without updating them (the
-    gradients are left zeroed). For NPO, ``forget`` gets its ``ref_nll_sum`` from ``ref_model`` first."""
-    forget = dict(forget)
+    """One step of each implementation on the same micro-batches from the current weights, without updating
+    them (the gradients are left zeroed). For NPO, each forget batch first gets its ``ref_nll_sum`` from
+    ``ref_model``. They compute the same objective with one micro-batch, or with several under ``scope=local``
+    (ours then aggregates per micro-batch too)."""
+    micro_batches = [(dict(forget), retain) for forget, retain in micro_batches]
     if get_forget_loss(cfg.forget_loss).needs_reference:
-        add_reference_nll(ref_model, [forget])
+        add_reference_nll(ref_model, [forget for forget, _ in micro_batches])
     params = [p for p in model.parameters() if p.requires_grad]
 
     def gradients(run: Callable[[], float]) -> tuple[float, list[Tensor]]:
@@ -228,9 +229,9 @@ def compare_with_run_step(
     def backward(loss: Tensor) -> None:
         loss.backward()
 
-    ours, g_ours = gradients(lambda: our_step(model, backward, [(forget, retain)], cfg, step_id, ref_model))
+    ours, g_ours = gradients(lambda: our_step(model, backward, micro_batches, cfg, step_id, ref_model))
     theirs, g_ref = gradients(
-        lambda: reference_style_step(model, backward, [(forget, retain)], cfg, step_id, ref_model).loss
+        lambda: reference_style_step(model, backward, micro_batches, cfg, step_id, ref_model).loss
     )
     scale = max(float(g.abs().max()) for g in g_ref)
     difference = max(float((a - b).abs().max()) for a, b in zip(g_ours, g_ref))

@@ -101,8 +101,8 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     state["mlflow_run_id"] = None if recorder is None else recorder.run_id
     refs = references(run.eval_plan, run.model_path, log=lambda _: None)
     tracking = None if recorder is None else {"uri": recorder.uri, "run_id": recorder.run_id}
+    epoch = state["evaluations"][-1]["epoch"] if state["evaluations"] else 0
     try:
-        epoch = state["evaluations"][-1]["epoch"] if state["evaluations"] else 0
         while epoch < run.config.trainer.epochs:
             storage = context.folder / TRAIN_STORAGE / trial_id / "train"
             result = build_trainer(run, context.datasets, storage, tracking, epoch + 1).fit()
@@ -113,9 +113,10 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
             epoch = int(result.metrics["epoch"])
             metrics = _evaluate_epoch(run, refs, result, folder, epoch, state, recorder)
             _report(metrics, state)
-    except SystemExit:  # Tune ends a trial its scheduler stopped inside tune.report: a normal end
+    except SystemExit:  # Tune ends a trial its scheduler stopped (ASHA; also at max_t) inside tune.report
         if recorder is not None:
-            recorder.client.set_tag(recorder.run_id, "early_stopped", "true")
+            if epoch < run.config.trainer.epochs:
+                recorder.client.set_tag(recorder.run_id, "early_stopped", "true")
             recorder.end("FINISHED")
         raise
     except BaseException:

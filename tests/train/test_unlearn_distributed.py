@@ -316,17 +316,19 @@ def test_one_epoch_per_fit_ends_on_the_weights_of_one_fit(ray_cluster, workspace
     storage, as a Tune trial does) equals the uninterrupted run, learning-rate schedule included."""
     from baldro_ray.unlearn import build_datasets, build_trainer
 
-    common = ("trainer.epochs=2", "trainer.per_device_batch_size=2", "trainer.schedule=linear", "tracking.enabled=false",
-              "trainer.warmup_epochs=0.5", "method.dro.type=dv")  # fmt: skip
-    uninterrupted = train(workspace, "per-epoch-reference", *common)
+    common = ("trainer.epochs=2", "trainer.per_device_batch_size=2", "trainer.schedule=linear",
+              "trainer.warmup_epochs=0.5", "method.dro.type=dv", "tracking.enabled=false")  # fmt: skip
     run = resolve_run(config(workspace, "per-epoch", *common), name="run", log=lambda _: None)
     datasets = build_datasets(run)
-    storage = run.output_dir.parent / "train"
-    epochs = []
+
+    def weights(result) -> dict[str, torch.Tensor]:
+        with result.checkpoint.as_directory() as checkpoint:
+            return load_file(Path(checkpoint) / "model" / "model.safetensors")
+
+    uninterrupted = weights(build_trainer(run, datasets, run.output_dir / "one-fit").fit())
+    storage, epochs = run.output_dir / "per-epoch", []
     for epoch in (1, 2):
         result = build_trainer(run, datasets, storage, stop_epoch=epoch).fit()
         epochs.append(result.metrics["epoch"])
-        with result.checkpoint.as_directory() as checkpoint:
-            weights = load_file(Path(checkpoint) / "model" / "model.safetensors")
     assert epochs == [1, 2]
-    assert max_relative_difference(weights, uninterrupted) < 1e-9
+    assert max_relative_difference(weights(result), uninterrupted) < 1e-9
