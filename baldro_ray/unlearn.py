@@ -110,6 +110,14 @@ def resolve_run(
     forget = source.load(config.data.forget_split)
     uses_retain = get_forget_loss(config.method.name).uses_retain
     retain = source.load(config.data.retain_split) if uses_retain else []
+    for split, rows in ((config.data.forget_split, forget), (config.data.retain_split, retain)):
+        if rows and not {"question", "answer"} <= set(rows[0]):
+            raise ConfigError(
+                f"data.{'forget' if rows is forget else 'retain'}_split {split!r} ({config.data.source}) holds "
+                f"rows with columns {sorted(rows[0])}; unlearning trains on question/answer rows only: "
+                "raw-text unlearning (MUSE's raw/*) is not supported yet (MUSE models can be evaluated: "
+                "baldro-ray eval)"
+            )
     if retain:
         check_disjoint(forget, retain, config.data.forget_split, config.data.retain_split)
     per_step = trainer.per_device_batch_size * trainer.num_workers

@@ -57,6 +57,7 @@ def config(workspace: Path, tag: str, *overrides: str):
             "trainer.weight_decay=0",
             "method.name=NPO",
             "evaluation.enabled=false",
+            "tracking.enabled=false",  # MLflow has its own tests; here it would only add minutes
             *overrides,
         ]
     )
@@ -77,10 +78,12 @@ def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
     "method",
     [
         ("method.dro.type=dv", "method.dro.temperature=-1"),
-        ("method.dro.type=dv", "method.dro.temperature=1"),
         ("method.dro.type=group", "method.dro.sampling_ratio=0.5"),
     ],
-    ids=["dv-reference", "dv-textbook", "group"],
+    ids=[
+        "dv-reference",
+        "group",
+    ],  # the textbook sign takes the same path: test_step.py simulates its two ranks
 )
 def test_one_step_is_the_same_with_one_or_two_workers(
     ray_cluster, workspace: Path, method: tuple[str, ...]
@@ -166,7 +169,7 @@ def test_local_scope_reproduces_per_device_dv(ray_cluster, workspace: Path) -> N
 
 
 @pytest.mark.timeout(600)
-def test_deepspeed_zero2_and_zero3_match_ddp(ray_cluster, workspace: Path) -> None:
+def test_deepspeed_zero3_run_matches_ddp(ray_cluster, workspace: Path) -> None:
     common = (
         "method.dro.type=dv",
         "method.dro.temperature=1",
@@ -175,9 +178,7 @@ def test_deepspeed_zero2_and_zero3_match_ddp(ray_cluster, workspace: Path) -> No
         "trainer.gradient_accumulation_steps=2",
     )
     ddp = train(workspace, "ddp", *common)
-    zero2 = train(workspace, "zero2", *common, "trainer.deepspeed.zero_stage=2")
-    assert max_relative_difference(zero2, ddp) < 1e-6
-    # ZeRO-3 partitions and consolidates in float32 (our float64 run comes back float32): float32 tolerance
+    # ZeRO-0/1/2 (and offload) against DDP step by step: tests/train/test_backend.py. ZeRO-3 partitions and consolidates in float32 (our float64 run comes back float32): float32 tolerance
     zero3 = train(workspace, "zero3", *common, "trainer.deepspeed.zero_stage=3")
     assert next(iter(zero3.values())).dtype == torch.float32
     assert max_relative_difference({k: v.double() for k, v in zero3.items()}, ddp) < 1e-4
@@ -197,6 +198,20 @@ def test_deepspeed_zero2_and_zero3_match_ddp(ray_cluster, workspace: Path) -> No
 def test_bad_runs_fail_before_any_worker(workspace: Path, overrides: tuple[str, ...], fragment: str) -> None:
     with pytest.raises((ConfigError, ValueError), match=fragment):
         resolve_run(config(workspace, "bad", *overrides), name="bad", log=lambda _: None)
+
+
+def test_raw_text_rows_are_rejected_before_any_worker(workspace: Path) -> None:
+    muse = workspace / "muse" / "raw"
+    muse.mkdir(parents=True, exist_ok=True)
+    for split in ("forget", "retain1"):
+        (muse / f"{split}.json").write_text(json.dumps({"text": f"Some {split} text."}) + "\n")
+    bad = config(workspace, "muse", "data.source=muse", f"data.location={muse.parent}",
+                 "data.forget_split=raw/forget", "data.retain_split=raw/retain1", "trainer.num_workers=1",
+                 "trainer.per_device_batch_size=1")  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"data.forget_split 'raw/forget' \(muse\) holds rows with columns \['text'\]"
+    ):
+        resolve_run(bad, name="run", log=lambda _: None)
 
 
 def test_tokenizer_that_does_not_match_the_model_is_rejected(workspace: Path, tmp_path: Path) -> None:
@@ -317,7 +332,7 @@ def test_one_epoch_per_fit_ends_on_the_weights_of_one_fit(ray_cluster, workspace
     from baldro_ray.unlearn import build_datasets, build_trainer
 
     common = ("trainer.epochs=2", "trainer.per_device_batch_size=2", "trainer.schedule=linear",
-              "trainer.warmup_epochs=0.5", "method.dro.type=dv", "tracking.enabled=false")  # fmt: skip
+              "trainer.warmup_epochs=0.5", "method.dro.type=dv")  # fmt: skip
     run = resolve_run(config(workspace, "per-epoch", *common), name="run", log=lambda _: None)
     datasets = build_datasets(run)
 

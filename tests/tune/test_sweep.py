@@ -22,13 +22,20 @@ from baldro_ray.config import PRESETS_DIR
 pytestmark = [pytest.mark.ray]
 
 # Two epochs of two steps per trial, evaluated with one replica and short generations.
-REDUCED = ["trainer.epochs=2", "trainer.per_device_batch_size=2", "trainer.warmup_epochs=0",
-           "evaluation.max_new_tokens=16", "evaluation.replicas=1"]  # fmt: skip
+REDUCED = [
+    "trainer.epochs=2",
+    "trainer.per_device_batch_size=2",
+    "trainer.warmup_epochs=0",
+    "evaluation.max_new_tokens=16",
+    "evaluation.replicas=1",
+    "tracking.log_model=false",
+]  # fmt: skip  (logging models: tests/test_quickstart.py)
 # Run in this order, one at a time: a good trial, a destructive one, another good one. ASHA (rungs at epoch 1, keep
 # the top half) lets the first through alone, stops the destructive one at its first rung (below the mean of the
 # two scores there) and lets the third through (with three scores, only the lowest is cut).
 SWEEP = """sweep:
   search: grid
+  max_concurrent_trials: 1
   scheduler: asha
   asha: {grace_period: 1, reduction_factor: 2}
   space:
