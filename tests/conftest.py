@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,30 @@ def ray_cluster() -> Iterator[None]:
         ray.shutdown()
 
 
+def wait_for_http(
+    url: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    what: str,
+    ready: Callable[[], bool] = lambda: True,
+    timeout: float = 120,
+) -> None:
+    """Until ``ready()`` holds and ``url`` answers 200; fails with the end of ``log`` if ``process`` exits first or
+    ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready():
+            try:
+                with urllib.request.urlopen(url, timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on a free local port (sqlite backend, proxied artifacts), shared by the session;
@@ -102,19 +126,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
+        wait_for_http(f"{uri}/health", server, tmp_path / "server.log", "mlflow server")
         yield uri
     finally:
         with_group = server.poll() is None

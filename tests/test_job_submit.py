@@ -14,13 +14,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
+from tests.conftest import wait_for_http
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 
@@ -81,29 +81,15 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     )
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        _wait_until_up(head, Path(temp_dir) / "ray-start.log", address)
+        # `ray start` says the node is up: the dashboard answers earlier, before the raylet.
+        log_file = Path(temp_dir) / "ray-start.log"
+        wait_for_http(f"{address}/api/version", head, log_file, "ray start --head",
+                      ready=lambda: b"Ray runtime started" in log_file.read_bytes())  # fmt: skip
         yield address, env
     finally:
         _stop(head)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_until_up(head: subprocess.Popen[bytes], log: Path, address: str, timeout: float = 120) -> None:
-    """Until `ray start` says the node is up (the dashboard answers earlier, before the raylet) and the job API
-    answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if b"Ray runtime started" in log.read_bytes():
-            try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                pass
-        if head.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"ray start --head did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def _stop(head: subprocess.Popen[bytes]) -> None:
