@@ -98,8 +98,9 @@ def _unlearn(config_path: str | None, overrides: Sequence[str], name: str | None
         print(f"MLflow:     run {mlflow['run_id']} in {mlflow['tracking_uri']}")
 
 
-def _evaluate(config_path: str | None, overrides: Sequence[str], model: str, target: str | None,
-              out: str | None) -> None:  # fmt: skip
+def _evaluate(
+    config_path: str | None, overrides: Sequence[str], model: str, target: str | None, out: str | None
+) -> None:
     import json
     import os
     from pathlib import Path

@@ -13,9 +13,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from baldro_ray.config import ConfigError, RunConfig, dump_config
 from baldro_ray.hub import is_hub_id
@@ -212,7 +213,7 @@ def build_trainer(
             "model_path": run.model_path,
             "tracking": tracking,
             "stop_epoch": stop_epoch,
-        },  # fmt: skip
+        },
         scaling_config=ScalingConfig(
             num_workers=config.trainer.num_workers,
             use_gpu=config.trainer.use_gpu,
@@ -261,10 +262,14 @@ def _run(run: ResolvedRun, recorder: Any, log: Callable[[str], None]) -> Unlearn
         write_plots(staging, evaluations, None if run.eval_plan is None else run.eval_plan.groups)
         (staging / CONFIG_FILE).write_text(dump_config(config))
         summary = {
-            "name": run.name, "model_path": run.model_path, "seconds": seconds, "metrics": metrics,
-            "evaluations": evaluations, "best_epoch": best_epoch,
+            "name": run.name,
+            "model_path": run.model_path,
+            "seconds": seconds,
+            "metrics": metrics,
+            "evaluations": evaluations,
+            "best_epoch": best_epoch,
             "mlflow": None if recorder is None else {"tracking_uri": recorder.uri, "run_id": recorder.run_id},
-        }  # fmt: skip
+        }
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         if recorder is not None:
             record_run(

@@ -58,12 +58,17 @@ def evaluation_run(
     per_model = (several - one) / (models - 1)
     log(f"  evaluation, {replicas} replica(s): 1 model {one:.1f} s, {models} models {several:.1f} s")
     return {
-        "replicas": replicas, "requests": len(unique), "seconds": one, "models": models, "several_s": several,
+        "replicas": replicas,
+        "requests": len(unique),
+        "seconds": one,
+        "models": models,
+        "several_s": several,
         "generations": sum(type(r).__name__ == "Generate" for r in unique),
-        "startup_s": one - per_model, "samples_per_s": len(unique) / one,
+        "startup_s": one - per_model,
+        "samples_per_s": len(unique) / one,
         "steady_samples_per_s": len(unique) / per_model if per_model > 0 else float("nan"),
         "summary": {k: v["agg_value"] for k, v in result.items() if isinstance(v, dict) and "agg_value" in v},
-    }  # fmt: skip
+    }
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -86,22 +91,29 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     best = {r: max(x["samples_per_s"] for x in by[r]) for r in by}
     steady = {r: max(x["steady_samples_per_s"] for x in by[r]) for r in by}
     return {
-        "runs": runs, "identical_results": same, "speedup": best[2] / best[1],
+        "runs": runs,
+        "identical_results": same,
+        "speedup": best[2] / best[1],
         "steady_speedup": steady[2] / steady[1],
-        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-    }  # fmt: skip
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+    }
 
 
 def render(out: dict[str, Any]) -> str:
     first = out["runs"][0]
     several = f"{first['models']} models s"
     lines = [
-        f"Evaluation throughput: embedded TOFU benchmark, target model, {first['requests']} distinct requests "
-        f"({first['generations']} greedy generations of <= {out['max_new_tokens']} tokens), batch "
-        f"{out['batch_size']}, 1 CPU per replica.",
+        (
+            f"Evaluation throughput: embedded TOFU benchmark, target model, {first['requests']} distinct requests "
+            f"({first['generations']} greedy generations of <= {out['max_new_tokens']} tokens), batch "
+            f"{out['batch_size']}, 1 CPU per replica."
+        ),
         "",
-        f"{'replicas':>8}{'1 model s':>11}{'samples/s':>11}{several:>12}{'start-up s':>12}"
-        f"{'steady samples/s':>18}",
+        (
+            f"{'replicas':>8}{'1 model s':>11}{'samples/s':>11}{several:>12}{'start-up s':>12}"
+            f"{'steady samples/s':>18}"
+        ),
     ]
     for r in out["runs"]:
         lines.append(
@@ -110,11 +122,15 @@ def render(out: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"2 replicas / 1 replica: {out['speedup']:.2f}x end to end, {out['steady_speedup']:.2f}x steady (best of "
-        f"each); identical metrics with 1 and 2 replicas: {'yes' if out['identical_results'] else 'NO'}.",
-        "samples/s = requests / the one-model job's seconds (what one evaluate_models call costs); steady = "
-        f"requests per second of each further model of the {first['models']}-model job, the pool being up (as "
-        "when every epoch's model is evaluated in one job); start-up = 1 model s - one model's steady time.",
+        (
+            f"2 replicas / 1 replica: {out['speedup']:.2f}x end to end, {out['steady_speedup']:.2f}x steady (best of "
+            f"each); identical metrics with 1 and 2 replicas: {'yes' if out['identical_results'] else 'NO'}."
+        ),
+        (
+            "samples/s = requests / the one-model job's seconds (what one evaluate_models call costs); steady = "
+            f"requests per second of each further model of the {first['models']}-model job, the pool being up (as "
+            "when every epoch's model is evaluated in one job); start-up = 1 model s - one model's steady time."
+        ),
     ]
     return "\n".join(lines)
 

@@ -228,9 +228,14 @@ def run_variant(
     started = time.perf_counter()
     # One process: placing the model on the device is all the data-parallel preparation there is.
     backend = build_backend(
-        spec, loader, args.lr, 0.0, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
-        device, lambda model: model.to(device),
-    )  # fmt: skip
+        spec,
+        loader,
+        args.lr,
+        0.0,
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+        device,
+        lambda model: model.to(device),
+    )
     on_device = [tuple({k: v.to(device) for k, v in b.items()} for b in pair) for pair in batches]
     out: dict[str, Any] = {"build_s": round(time.perf_counter() - started, 1)}
     if name == "torch" and not args.skip_grad_check:

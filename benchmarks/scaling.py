@@ -20,6 +20,7 @@ Comparing ``scope=global`` with ``scope=local`` runs would measure nothing: ``ru
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -130,7 +131,20 @@ def write_workspace(root: Path, rows: int, hidden: int, layers: int) -> Path:
     tokenizer is trained on it; answers are 25-60 words long."""
     from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
 
-    words = "river stone quiet garden letter winter harbour violin lantern orchard mirror thunder".split()
+    words = [
+        "river",
+        "stone",
+        "quiet",
+        "garden",
+        "letter",
+        "winter",
+        "harbour",
+        "violin",
+        "lantern",
+        "orchard",
+        "mirror",
+        "thunder",
+    ]
 
     def qa(i: int) -> tuple[str, str]:
         body = " ".join(words[(i * 7 + j * (i % 5 + 1)) % len(words)] for j in range(25 + (i * 13) % 36))
@@ -161,13 +175,24 @@ def train_timed(
     output = root / "runs" / tag
     config = load_config(
         overrides=[
-            "data.source=tofu", f"data.location={root / 'data'}", f"model.name_or_path={root / 'model'}",
-            f"output_dir={output}", f"trainer.epochs={epochs}", "trainer.lr=1e-4", "trainer.warmup_epochs=0",
-            "trainer.schedule=constant", "trainer.max_length=128", f"trainer.num_workers={workers}",
-            f"trainer.per_device_batch_size={batch // workers}", "trainer.cpus_per_worker=1", "method.name=NPO",
-            *method, "evaluation.enabled=false", "tracking.enabled=false",
+            "data.source=tofu",
+            f"data.location={root / 'data'}",
+            f"model.name_or_path={root / 'model'}",
+            f"output_dir={output}",
+            f"trainer.epochs={epochs}",
+            "trainer.lr=1e-4",
+            "trainer.warmup_epochs=0",
+            "trainer.schedule=constant",
+            "trainer.max_length=128",
+            f"trainer.num_workers={workers}",
+            f"trainer.per_device_batch_size={batch // workers}",
+            "trainer.cpus_per_worker=1",
+            "method.name=NPO",
+            *method,
+            "evaluation.enabled=false",
+            "tracking.enabled=false",
         ]
-    )  # fmt: skip
+    )
     started = time.perf_counter()
     with timed_worker_loop():
         run_unlearn(resolve_run(config, name="run", log=lambda _: None), log=lambda _: None)
@@ -181,20 +206,28 @@ def summarise(run: dict[str, Any], steps_per_epoch: int, batch: int) -> dict[str
     records = run["ranks"][0]["records"]
     periods = [
         b["start"] - a["start"]
-        for a, b in zip(records, records[1:])
+        for a, b in itertools.pairwise(records)
         if a["step"] > 0 and b["step"] == a["step"] + 1 and b["step"] % steps_per_epoch != 0
     ]
     period = statistics.median(periods)
     exchange = statistics.median(r["exchange_s"] for r in records[1:])
     replay = statistics.median(run["ranks"][0]["replay_s"])
     return {
-        "workers": run["workers"], "steps_per_s": 1 / period, "samples_per_s": batch / period,
-        "period_ms": 1000 * period, "period_min_ms": 1000 * min(periods), "period_max_ms": 1000 * max(periods),
+        "workers": run["workers"],
+        "steps_per_s": 1 / period,
+        "samples_per_s": batch / period,
+        "period_ms": 1000 * period,
+        "period_min_ms": 1000 * min(periods),
+        "period_max_ms": 1000 * max(periods),
         "run_step_ms": 1000 * statistics.median(r["run_step_s"] for r in records[1:]),
-        "exchange_ms": 1000 * exchange, "exchange_share": exchange / period, "allgather_ms": 1000 * replay,
-        "allgather_share": replay / period, "gathers_per_step": run["ranks"][0]["gathers_per_step"],
-        "periods": len(periods), "wall_s": run["wall_s"],
-    }  # fmt: skip
+        "exchange_ms": 1000 * exchange,
+        "exchange_share": exchange / period,
+        "allgather_ms": 1000 * replay,
+        "allgather_share": replay / period,
+        "gathers_per_step": run["ranks"][0]["gathers_per_step"],
+        "periods": len(periods),
+        "wall_s": run["wall_s"],
+    }
 
 
 def start_ray() -> None:
@@ -235,11 +268,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
 def render(out: dict[str, Any]) -> str:
     lines = [
-        f"Scaling: real Ray Train runs (NPO, {out['rows']} forget rows, global batch {out['batch']}, "
-        f"{out['epochs']} epoch(s)), 1 CPU per worker; per step on rank 0, medians over the steps.",
+        (
+            f"Scaling: real Ray Train runs (NPO, {out['rows']} forget rows, global batch {out['batch']}, "
+            f"{out['epochs']} epoch(s)), 1 CPU per worker; per step on rank 0, medians over the steps."
+        ),
         "",
-        f"{'method':<10}{'workers':>8}{'steps/s':>9}{'samples/s':>10}{'step ms':>9}{'(min-max)':>14}"
-        f"{'exchange ms':>12}{'share':>7}{'all-gather ms':>14}{'share':>7}{'run s':>7}",
+        (
+            f"{'method':<10}{'workers':>8}{'steps/s':>9}{'samples/s':>10}{'step ms':>9}{'(min-max)':>14}"
+            f"{'exchange ms':>12}{'share':>7}{'all-gather ms':>14}{'share':>7}{'run s':>7}"
+        ),
     ]
     for name, m in out["methods"].items():
         for r in m["runs"]:
@@ -252,9 +289,11 @@ def render(out: dict[str, Any]) -> str:
         lines.append(f"{'':<10}data-parallel efficiency (steps/s 2 / steps/s 1) / 2 = {m['efficiency']:.2f}")
     lines += [
         "",
-        "exchange = run_step's all_gather_object calls as the step sees them (waiting for the other rank "
-        "included); all-gather = the same calls replayed after a barrier (communication only); share = of the "
-        "step period. run s = the whole run_unlearn call (Ray Train start-up, reference scoring, checkpoints).",
+        (
+            "exchange = run_step's all_gather_object calls as the step sees them (waiting for the other rank "
+            "included); all-gather = the same calls replayed after a barrier (communication only); share = of the "
+            "step period. run s = the whole run_unlearn call (Ray Train start-up, reference scoring, checkpoints)."
+        ),
     ]
     return "\n".join(lines)
 

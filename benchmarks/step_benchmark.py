@@ -81,10 +81,19 @@ def step_config(
     defaults = dict(get_forget_loss(forget_loss).defaults)
     gamma, alpha = defaults.pop("gamma", 1.0), defaults.pop("alpha", 1.0)
     return StepConfig(
-        forget_loss=forget_loss, hyperparameters=defaults, aggregation=aggregation, temperature=temperature,
-        sampling_ratio=ratio, scope="global", gamma=gamma, alpha=alpha, retain_loss_type="NLL",
-        retain_reduction="token_mean", retain_dro=False, seed=0,
-    )  # fmt: skip
+        forget_loss=forget_loss,
+        hyperparameters=defaults,
+        aggregation=aggregation,
+        temperature=temperature,
+        sampling_ratio=ratio,
+        scope="global",
+        gamma=gamma,
+        alpha=alpha,
+        retain_loss_type="NLL",
+        retain_reduction="token_mean",
+        retain_dro=False,
+        seed=0,
+    )
 
 
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int, first_index: int = 0) -> Batch:
@@ -126,9 +135,14 @@ class Runner:
     def __init__(self, impl: str, cfg: StepConfig, base: torch.nn.Module, device: torch.device, lr: float):
         self.impl, self.cfg = impl, cfg
         self.backend: TrainingBackend = build_backend(
-            BackendSpec(), lambda: copy.deepcopy(base), lr, 0.01,
-            lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), device, lambda m: m.to(device),
-        )  # fmt: skip
+            BackendSpec(),
+            lambda: copy.deepcopy(base),
+            lr,
+            0.01,
+            lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+            device,
+            lambda m: m.to(device),
+        )
         self.ref = None
         if impl == "reference-style" and needs_reference_model(cfg):
             self.ref = copy.deepcopy(base).to(device).eval().requires_grad_(False)
@@ -183,8 +197,10 @@ def equality_check(
     for cfg in configs:
         a = compare_with_run_step(model, ref, first, cfg)
         out[f"{cfg.forget_loss}/{cfg.aggregation}"] = {
-            "loss": a.loss_ours, "loss_difference": a.loss_difference, "gradient_difference": a.gradient_difference
-        }  # fmt: skip
+            "loss": a.loss_ours,
+            "loss_difference": a.loss_difference,
+            "gradient_difference": a.gradient_difference,
+        }
     return out
 
 
@@ -192,9 +208,13 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[list[Pair]], 
     """The seeded base model (float32, CPU), the steps' batches and the method configurations."""
     torch.set_num_threads(args.threads)
     spec = TinyModelSpec(
-        hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.heads,
-        intermediate_size=args.intermediate, max_position_embeddings=max(512, args.length),
-    )  # fmt: skip
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.heads,
+        intermediate_size=args.intermediate,
+        max_position_embeddings=max(512, args.length),
+    )
     base = build_tiny_llama(spec, Vocabulary(args.vocab), seed=0).train()
     configs = [step_config(f, a) for f in args.methods for a in args.aggregations]
     steps = synthetic_steps(args.warmup + args.steps, args.accumulation, args.rows, args.length, args.vocab)
@@ -228,7 +248,8 @@ def memory_pass(args: argparse.Namespace) -> dict[str, Any]:
     peak_memory(lambda: one_run("reference-style", configs[0]), device)
     peaks = {
         f"{cfg.forget_loss}/{cfg.aggregation}": {
-            impl: peak_memory(lambda: one_run(impl, cfg), device) for impl in IMPLEMENTATIONS
+            impl: peak_memory(lambda impl=impl, cfg=cfg: one_run(impl, cfg), device)
+            for impl in IMPLEMENTATIONS
         }
         for cfg in configs
     }
@@ -283,13 +304,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results[key]["peak_mib"] = peaks
     params = sum(p.numel() for p in base.parameters())
     return {
-        "device": args.device, "threads": args.threads, "torch": torch.__version__, "params": params,
+        "device": args.device,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "params": params,
         "model": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "intermediate", "vocab")},
-        "rows": args.rows, "length": args.length, "accumulation": args.accumulation, "repeats": args.repeats,
-        "steps": args.steps, "warmup": args.warmup, "tokens_per_step": statistics.mean(tokens_of(s) for s in steps),
-        "equality_check": check, "results": results, "memory_tracked": memory["tracked"],
-        "seconds": round(time.perf_counter() - started, 1), "timing_seconds": round(timing_s, 1),
-    }  # fmt: skip
+        "rows": args.rows,
+        "length": args.length,
+        "accumulation": args.accumulation,
+        "repeats": args.repeats,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "tokens_per_step": statistics.mean(tokens_of(s) for s in steps),
+        "equality_check": check,
+        "results": results,
+        "memory_tracked": memory["tracked"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "timing_seconds": round(timing_s, 1),
+    }
 
 
 def render(out: dict[str, Any]) -> str:
@@ -299,17 +331,23 @@ def render(out: dict[str, Any]) -> str:
     worst_grad = max(v["gradient_difference"] for v in check.values())
     m = out["model"]
     lines = [
-        f"Step benchmark: {out['device']}, {out['threads']} thread(s), torch {out['torch']}; tiny Llama "
-        f"{out['params'] / 1e6:.2f}M parameters (hidden {m['hidden']}, {m['layers']} layers, vocab {m['vocab']}); "
-        f"{out['accumulation']} x ({out['rows']} forget + {out['rows']} retain rows) <= {out['length']} tokens per "
-        f"step, ~{out['tokens_per_step']:.0f} real tokens; {out['repeats']} repeats x {out['steps']} timed steps "
-        f"(+{out['warmup']} warm-up).",
-        f"Equal-loss check (float64, one micro-batch, same weights and batch, {len(check)} methods): max |loss "
-        f"difference| {worst_loss:.1e}, max gradient difference {worst_grad:.1e} (relative to max |grad|): "
-        f"{'ok' if worst_loss <= EQUAL and worst_grad <= EQUAL else 'FAILED'} (<= {EQUAL:g}).",
+        (
+            f"Step benchmark: {out['device']}, {out['threads']} thread(s), torch {out['torch']}; tiny Llama "
+            f"{out['params'] / 1e6:.2f}M parameters (hidden {m['hidden']}, {m['layers']} layers, vocab {m['vocab']}); "
+            f"{out['accumulation']} x ({out['rows']} forget + {out['rows']} retain rows) <= {out['length']} tokens per "
+            f"step, ~{out['tokens_per_step']:.0f} real tokens; {out['repeats']} repeats x {out['steps']} timed steps "
+            f"(+{out['warmup']} warm-up)."
+        ),
+        (
+            f"Equal-loss check (float64, one micro-batch, same weights and batch, {len(check)} methods): max |loss "
+            f"difference| {worst_loss:.1e}, max gradient difference {worst_grad:.1e} (relative to max |grad|): "
+            f"{'ok' if worst_loss <= EQUAL and worst_grad <= EQUAL else 'FAILED'} (<= {EQUAL:g})."
+        ),
         "",
-        f"{'method':<14}{'ours tok/s':>11}{'ref tok/s':>11}{'ratio min':>10}{'median':>8}{'max':>7}"
-        f"{'fwd ours/ref':>13}{'peak MiB ours':>15}{'ref':>8}{'ratio':>7}",
+        (
+            f"{'method':<14}{'ours tok/s':>11}{'ref tok/s':>11}{'ratio min':>10}{'median':>8}{'max':>7}"
+            f"{'fwd ours/ref':>13}{'peak MiB ours':>15}{'ref':>8}{'ratio':>7}"
+        ),
     ]
     for key, r in out["results"].items():
         ratios, tps, peak = r["ratios"], r["tokens_per_s"], r["peak_mib"]
@@ -330,9 +368,11 @@ def render(out: dict[str, Any]) -> str:
         kind += " (glibc's mmap threshold could not be set: freed blocks not tracked, an upper bound)"
     lines += [
         "",
-        f"ratio = ours / reference-style tokens/s per repeat (> 1: ours faster); peak MiB = {kind} during "
-        f"{out['warmup'] + 1} steps from a fresh copy (model, AdamW state, reference model, activations); "
-        f"fwd = forward passes per step (model + reference model). Total {out['seconds']:.0f} s.",
+        (
+            f"ratio = ours / reference-style tokens/s per repeat (> 1: ours faster); peak MiB = {kind} during "
+            f"{out['warmup'] + 1} steps from a fresh copy (model, AdamW state, reference model, activations); "
+            f"fwd = forward passes per step (model + reference model). Total {out['seconds']:.0f} s."
+        ),
     ]
     return "\n".join(lines)
 

@@ -21,12 +21,24 @@ TOFU_DIR = REPO_ROOT.parent / "shared" / "data" / "tofu"
 # Row counts from ../shared/data/tofu/PROVENANCE.md.
 TOFU_ROWS = {
     "full": 4000,
-    "forget01": 40, "forget05": 200, "forget10": 400,
-    "retain99": 3960, "retain95": 3800, "retain90": 3600,
-    "holdout01": 40, "holdout05": 200, "holdout10": 400,
-    "forget01_perturbed": 40, "forget05_perturbed": 200, "forget10_perturbed": 400, "retain_perturbed": 400,
-    "real_authors": 100, "real_authors_perturbed": 100, "world_facts": 117, "world_facts_perturbed": 117,
-}  # fmt: skip
+    "forget01": 40,
+    "forget05": 200,
+    "forget10": 400,
+    "retain99": 3960,
+    "retain95": 3800,
+    "retain90": 3600,
+    "holdout01": 40,
+    "holdout05": 200,
+    "holdout10": 400,
+    "forget01_perturbed": 40,
+    "forget05_perturbed": 200,
+    "forget10_perturbed": 400,
+    "retain_perturbed": 400,
+    "real_authors": 100,
+    "real_authors_perturbed": 100,
+    "world_facts": 117,
+    "world_facts_perturbed": 117,
+}
 
 
 # A reduced embedded benchmark: fine-tunes in seconds, still memorises its forget authors.

@@ -24,9 +24,14 @@ KUBERAY = CLUSTERS / "kuberay"
 SHARED = "/mnt/shared"
 # What a credential looks like in a file: AWS access keys, private keys, literal tokens and passwords.
 SECRET_PATTERNS = [
-    r"AKIA[0-9A-Z]{16}", r"aws_secret_access_key", r"BEGIN [A-Z ]*PRIVATE KEY", r"RAY_AUTH_TOKEN\s*[:=]\s*['\"]?[A-Za-z0-9+/=_-]{16,}",
-    r"\bvalue:\s*['\"]?[A-Za-z0-9+/=_-]{32,}", r"password\s*[:=]", r"hf_[A-Za-z0-9]{30,}",
-]  # fmt: skip
+    r"AKIA[0-9A-Z]{16}",
+    r"aws_secret_access_key",
+    r"BEGIN [A-Z ]*PRIVATE KEY",
+    r"RAY_AUTH_TOKEN\s*[:=]\s*['\"]?[A-Za-z0-9+/=_-]{16,}",
+    r"\bvalue:\s*['\"]?[A-Za-z0-9+/=_-]{32,}",
+    r"password\s*[:=]",
+    r"hf_[A-Za-z0-9]{30,}",
+]
 
 
 def _autoscaler(name: str) -> dict[str, Any]:
@@ -170,7 +175,12 @@ def test_rayjob_manifest_and_its_entrypoint() -> None:
 def _documented_submissions() -> list[str]:
     """Every `ray job submit ... -- baldro-ray ...` command in the docs and cluster files (continuations joined)."""
     commands = []
-    for path in [REPO / "docs" / "cluster.md", REPO / "README.md", *CLUSTERS.rglob("*.yaml"), *(REPO / "configs").glob("*")]:  # fmt: skip
+    for path in [
+        REPO / "docs" / "cluster.md",
+        REPO / "README.md",
+        *CLUSTERS.rglob("*.yaml"),
+        *(REPO / "configs").glob("*"),
+    ]:
         text = re.sub(r"\\\n[#\s]*", " ", path.read_text())
         commands += [
             m.group(1).strip() for m in re.finditer(r"ray job submit [^\n]*? --\s+(baldro-ray [^\n`]*)", text)

@@ -66,7 +66,8 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5",  # on SIGTERM, drain at most 5 s (default 30) before stopping
     )
-    log = open(Path(temp_dir) / "ray-start.log", "wb")
+    log_file = Path(temp_dir) / "ray-start.log"
+    log = log_file.open("wb")  # closed after the head stops, in the finally below
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}"]
         + ["--num-cpus=2", "--num-gpus=0", "--object-store-memory=300000000", f"--temp-dir={temp_dir}"]
@@ -82,9 +83,13 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     address = f"http://127.0.0.1:{dashboard}"
     try:
         # `ray start` says the node is up: the dashboard answers earlier, before the raylet.
-        log_file = Path(temp_dir) / "ray-start.log"
-        wait_for_http(f"{address}/api/version", head, log_file, "ray start --head",
-                      ready=lambda: b"Ray runtime started" in log_file.read_bytes())  # fmt: skip
+        wait_for_http(
+            f"{address}/api/version",
+            head,
+            log_file,
+            "ray start --head",
+            ready=lambda: b"Ray runtime started" in log_file.read_bytes(),
+        )
         yield address, env
     finally:
         _stop(head)
@@ -150,9 +155,24 @@ def test_ray_job_submit_runs_an_unlearning_job(ray_head: tuple[str, dict[str, st
     )
     submission = f"baldro-test-{os.getpid()}"
     submitted = _ray(
-        env, "job", "submit", "--address", address, "--working-dir", str(job_dir), "--submission-id", submission,
-        "--no-wait", "--", "baldro-ray", "unlearn", "--config", "job.yaml", "--name", "jobrun",
-    )  # fmt: skip
+        env,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(job_dir),
+        "--submission-id",
+        submission,
+        "--no-wait",
+        "--",
+        "baldro-ray",
+        "unlearn",
+        "--config",
+        "job.yaml",
+        "--name",
+        "jobrun",
+    )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     finished = False
     try:

@@ -15,8 +15,11 @@ from baldro_ray.config import PRESETS_DIR, ConfigError, RunConfig, list_presets,
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = list_presets()
-SPLITS = {"01": ("forget01", "retain99", "holdout01"), "05": ("forget05", "retain95", "holdout05"),
-          "10": ("forget10", "retain90", "holdout10")}  # fmt: skip
+SPLITS = {
+    "01": ("forget01", "retain99", "holdout01"),
+    "05": ("forget05", "retain95", "holdout05"),
+    "10": ("forget10", "retain90", "holdout10"),
+}
 FORGET01_ROWS = 40  # the smallest TOFU forget split
 METHODS = {"npo": "NPO", "simnpo": "SimNPO", "satimp": "SatImp"}
 
@@ -54,7 +57,7 @@ def test_every_base_is_a_valid_partial_config(path: Path) -> None:
 @pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("family", ["tofu_llama2", "tofu_llama32_1b"])
 def test_tofu_presets_carry_the_reference_settings(family: str, split: str) -> None:
-    forget, retain, holdout = SPLITS[split]
+    _forget, retain, _holdout = SPLITS[split]
     for method, name in METHODS.items():
         base, group, dv = (load_config(f"{family}/{method}{v}_forget{split}") for v in ("", "_g", "_dv"))
         for config in (base, group, dv):

@@ -19,9 +19,14 @@ pytestmark = [pytest.mark.ray]
 
 REDUCED = ["trainer.epochs=2", "trainer.per_device_batch_size=2", "evaluation.max_new_tokens=16"]
 ARTIFACTS = {
-    "config.yaml", "summary.json", "trajectory.parquet", "steps.parquet", "plots/forgetting_curves.png",
-    "plots/dro_weights.png", "plots/epoch_metrics.png",
-}  # fmt: skip
+    "config.yaml",
+    "summary.json",
+    "trajectory.parquet",
+    "steps.parquet",
+    "plots/forgetting_curves.png",
+    "plots/dro_weights.png",
+    "plots/epoch_metrics.png",
+}
 EPOCH_REPORT = ("TOFU_EVAL.json", "TOFU_SUMMARY.json", "BALANCE.json")
 
 
@@ -67,8 +72,11 @@ def test_quickstart_records_in_mlflow(embedded_tiny, tmp_path: Path, monkeypatch
     result = run_quickstart(overrides=[*base, *REDUCED, f"output_dir={tmp_path}"], log=lines.append)
     assert [line.split("]")[0] for line in lines[::2]] == [f"[{i}/5" for i in range(1, 6)]
     assert list(result.rows) == [
-        "target (before unlearning)", "retain (never saw forget)", "NPO + BalDRO-DV", "NPO (baseline)"
-    ]  # fmt: skip
+        "target (before unlearning)",
+        "retain (never saw forget)",
+        "NPO + BalDRO-DV",
+        "NPO (baseline)",
+    ]
     assert (result.folder / TABLE_FILE).read_text().count("\n") == 6
     runs = sorted(p for p in tmp_path.iterdir() if p.name.startswith("quickstart-") and p != result.folder)
     assert len(runs) == 2

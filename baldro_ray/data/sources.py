@@ -40,12 +40,24 @@ TOFU_HUB_NAME = "locuslab/TOFU"
 TOFU_HUB_SPLIT = "train"
 TOFU_SUBSETS: tuple[str, ...] = (
     "full",
-    "forget01", "forget05", "forget10",
-    "retain99", "retain95", "retain90",
-    "holdout01", "holdout05", "holdout10",
-    "forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed",
-    "real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed",
-)  # fmt: skip
+    "forget01",
+    "forget05",
+    "forget10",
+    "retain99",
+    "retain95",
+    "retain90",
+    "holdout01",
+    "holdout05",
+    "holdout10",
+    "forget01_perturbed",
+    "forget05_perturbed",
+    "forget10_perturbed",
+    "retain_perturbed",
+    "real_authors",
+    "real_authors_perturbed",
+    "world_facts",
+    "world_facts_perturbed",
+)
 _TOFU_OPTION_SETS = ("real_authors", "world_facts")
 
 # MUSE hub configs (muse-bench/MUSE-News, muse-bench/MUSE-Books): config -> (schema, splits).

@@ -51,17 +51,37 @@ from baldro_ray.data import synthetic_templates as tpl
 FORGET_PERCENTS = {"forget01": 1, "forget05": 5, "forget10": 10}
 RETAIN_OF_FORGET = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 HOLDOUT_OF_FORGET = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
-# fmt: off
 TOFU_SPLITS = (
-    "full", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90",
-    "holdout01", "holdout05", "holdout10", "forget01_perturbed", "forget05_perturbed", "forget10_perturbed",
-    "retain_perturbed", "world_facts", "world_facts_perturbed", "real_authors", "real_authors_perturbed",
+    "full",
+    "forget01",
+    "forget05",
+    "forget10",
+    "retain99",
+    "retain95",
+    "retain90",
+    "holdout01",
+    "holdout05",
+    "holdout10",
+    "forget01_perturbed",
+    "forget05_perturbed",
+    "forget10_perturbed",
+    "retain_perturbed",
+    "world_facts",
+    "world_facts_perturbed",
+    "real_authors",
+    "real_authors_perturbed",
 )
 SIDECARS = (
-    "forget01_difficulty", "forget05_difficulty", "forget10_difficulty", "authors", "holdout_all",
-    "finetune_mix", "finetune_mix_retain99", "finetune_mix_retain95", "finetune_mix_retain90",
+    "forget01_difficulty",
+    "forget05_difficulty",
+    "forget10_difficulty",
+    "authors",
+    "holdout_all",
+    "finetune_mix",
+    "finetune_mix_retain99",
+    "finetune_mix_retain95",
+    "finetune_mix_retain90",
 )
-# fmt: on
 MANIFEST_NAME = "benchmark.json"
 MANIFEST_FORMAT = "baldro-ray/synthetic-tofu"
 NUM_PERTURBED = 5
@@ -151,10 +171,12 @@ class _QA:
 
     def perturbed(self) -> dict[str, Any]:
         return {
-            "question": self.question, "answer": self.answer, "paraphrased_answer": self.paraphrased_answer,
+            "question": self.question,
+            "answer": self.answer,
+            "paraphrased_answer": self.paraphrased_answer,
             "perturbed_answer": list(self.perturbed_answer),
             "paraphrased_question": self.paraphrased_question,
-        }  # fmt: skip
+        }
 
 
 class _Generator:
@@ -206,10 +228,13 @@ class _Generator:
         if kind in tpl.VALUE_POOLS:
             return rng.sample([v for v in tpl.VALUE_POOLS[kind] if v != true], k)
         makers: dict[str, Callable[[], str]] = {
-            "name": self.person, "title": self.title, "date": self.date, "themes": self.themes,
+            "name": self.person,
+            "title": self.title,
+            "date": self.date,
+            "themes": self.themes,
             "year": lambda: str(int(true) + rng.choice([d for d in range(-15, 16) if d])),
             "count": lambda: str(rng.randint(3, 40)),
-        }  # fmt: skip
+        }
         return self.distinct(makers[kind], true, k)
 
     def author(self) -> dict[str, str]:
@@ -227,19 +252,33 @@ class _Generator:
         father_job, mother_job = rng.sample(tpl.OCCUPATIONS, 2)
         he = gender == "male"
         return {
-            "name": name, "pronoun": "he" if he else "she", "Pronoun": "He" if he else "She",
-            "possessive": "his" if he else "her", "Possessive": "His" if he else "Her",
-            "genre": genre, "birthplace": birthplace, "birth_year": str(birth_year),
-            "birth_date": self.date(birth_year), "father_job": father_job, "mother_job": mother_job,
-            "award": rng.choice(tpl.AWARDS), "debut_year": str(debut_year),
-            "award_year": str(debut_year + rng.randint(2, 8)), "book1": self.unique(self.title),
-            "book2": self.unique(self.title), "book3": self.unique(self.title), "themes": self.themes(),
+            "name": name,
+            "pronoun": "he" if he else "she",
+            "Pronoun": "He" if he else "She",
+            "possessive": "his" if he else "her",
+            "Possessive": "His" if he else "Her",
+            "genre": genre,
+            "birthplace": birthplace,
+            "birth_year": str(birth_year),
+            "birth_date": self.date(birth_year),
+            "father_job": father_job,
+            "mother_job": mother_job,
+            "award": rng.choice(tpl.AWARDS),
+            "debut_year": str(debut_year),
+            "award_year": str(debut_year + rng.randint(2, 8)),
+            "book1": self.unique(self.title),
+            "book2": self.unique(self.title),
+            "book3": self.unique(self.title),
+            "themes": self.themes(),
             "num_books": str(rng.randint(3, 30)),
             "residence": rng.choice([p for p in tpl.PLACES if p != birthplace]),
-            "language": rng.choice(tpl.LANGUAGES), "university": rng.choice(tpl.UNIVERSITIES),
-            "mentor": self.unique(self.person), "publisher": rng.choice(tpl.PUBLISHERS),
-            "protagonist": self.unique(self.person), "hobby": rng.choice(tpl.HOBBIES),
-        }  # fmt: skip
+            "language": rng.choice(tpl.LANGUAGES),
+            "university": rng.choice(tpl.UNIVERSITIES),
+            "mentor": self.unique(self.person),
+            "publisher": rng.choice(tpl.PUBLISHERS),
+            "protagonist": self.unique(self.person),
+            "hobby": rng.choice(tpl.HOBBIES),
+        }
 
     def author_qa(self, author: dict[str, str], count: int) -> list[_QA]:
         """``count`` distinct fact types, in template order; paraphrases use another template than the QA."""
@@ -251,11 +290,15 @@ class _Generator:
             answer, paraphrased_answer = rng.sample(fact.answers, 2)
             true = author[fact.field]
             wrong = self.wrong_values(fact.kind, true, NUM_PERTURBED)
-            qas.append(_QA(
-                question.format(**author), answer.format(**author, value=true),
-                paraphrased_question.format(**author), paraphrased_answer.format(**author, value=true),
-                tuple(paraphrased_answer.format(**author, value=w) for w in wrong),
-            ))  # fmt: skip
+            qas.append(
+                _QA(
+                    question.format(**author),
+                    answer.format(**author, value=true),
+                    paraphrased_question.format(**author),
+                    paraphrased_answer.format(**author, value=true),
+                    tuple(paraphrased_answer.format(**author, value=w) for w in wrong),
+                )
+            )
         return qas
 
     def options_row(
@@ -275,11 +318,15 @@ class _Generator:
             return self.unique(lambda: rng.choice(tpl.WORLD_ROOTS) + rng.choice(tails))
 
         countries = [
-            {"country": word(tpl.COUNTRY_TAILS), "capital": word(tpl.CAPITAL_TAILS),
-             "currency": word(tpl.CURRENCY_TAILS).lower(), "language": word(tpl.LANGUAGE_TAILS),
-             "river": f"the {word(tpl.RIVER_TAILS)} River"}
+            {
+                "country": word(tpl.COUNTRY_TAILS),
+                "capital": word(tpl.CAPITAL_TAILS),
+                "currency": word(tpl.CURRENCY_TAILS).lower(),
+                "language": word(tpl.LANGUAGE_TAILS),
+                "river": f"the {word(tpl.RIVER_TAILS)} River",
+            }
             for _ in range(max(NUM_OPTIONS, min(40, math.ceil(count / 4))))
-        ]  # fmt: skip
+        ]
         candidates: dict[str, tuple[str, list[str]]] = {}
         for country in countries:
             for attribute, phrasings in tpl.WORLD_QUESTIONS.items():
@@ -356,17 +403,28 @@ def generate_benchmark(config: SyntheticConfig) -> dict[str, Rows]:
 
     for split, start in first_forget_row.items():
         tables[f"{split}_difficulty"] = [
-            {"index": i - start, "full_index": i, "author": authors[i // per_author]["name"],
-             "group": groups[i // per_author], "repeat": repeats[i // per_author]}
+            {
+                "index": i - start,
+                "full_index": i,
+                "author": authors[i // per_author]["name"],
+                "group": groups[i // per_author],
+                "repeat": repeats[i // per_author],
+            }
             for i in range(start, len(full))
-        ]  # fmt: skip
+        ]
     tables["authors"] = [
-        {"index": a, "author": author["name"], "source": "full" if a < num_authors else "holdout",
-         "first_row": (a if a < num_authors else a - num_authors) * per_author, "num_rows": per_author,
-         "forget_splits": [s for s, k in counts.items() if num_authors - k <= a < num_authors],
-         "group": groups[a], "repeat": repeats[a]}
+        {
+            "index": a,
+            "author": author["name"],
+            "source": "full" if a < num_authors else "holdout",
+            "first_row": (a if a < num_authors else a - num_authors) * per_author,
+            "num_rows": per_author,
+            "forget_splits": [s for s, k in counts.items() if num_authors - k <= a < num_authors],
+            "group": groups[a],
+            "repeat": repeats[a],
+        }
         for a, author in enumerate(authors + holdout_authors)
-    ]  # fmt: skip
+    ]
     tables["holdout_all"] = holdout
 
     extra = [
@@ -398,9 +456,14 @@ def _manifest(config: SyntheticConfig, payloads: dict[str, bytes]) -> dict[str, 
     files = {name: {"rows": data.count(b"\n"), "sha256": _sha256(data)} for name, data in payloads.items()}
     content = "".join(f"{name}\0{files[name]['sha256']}\n" for name in sorted(files))
     return {
-        "format": MANIFEST_FORMAT, "format_version": 1, "config": asdict(config), "splits": list(TOFU_SPLITS),
-        "sidecars": list(SIDECARS), "files": files, "content_sha256": _sha256(content.encode()),
-    }  # fmt: skip
+        "format": MANIFEST_FORMAT,
+        "format_version": 1,
+        "config": asdict(config),
+        "splits": list(TOFU_SPLITS),
+        "sidecars": list(SIDECARS),
+        "files": files,
+        "content_sha256": _sha256(content.encode()),
+    }
 
 
 def _holds_benchmark(out_dir: Path, manifest: dict[str, Any]) -> bool:

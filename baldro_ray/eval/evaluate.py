@@ -115,10 +115,20 @@ def plan_evaluation(
     if benchmark == "TOFU" and sidecar.is_file():
         groups = tuple(str(row["group"]) for row in read_records(sidecar))
     return EvalPlan(
-        benchmark, source, _fingerprint(location), data.forget_split, data.holdout_split,
-        config.model.prompt_template(), config.trainer.max_length, config.trainer.dtype, settings,
-        Path(config.embedded.cache_dir).expanduser() / "evals", groups, retain, retain_logs,
-    )  # fmt: skip
+        benchmark,
+        source,
+        _fingerprint(location),
+        data.forget_split,
+        data.holdout_split,
+        config.model.prompt_template(),
+        config.trainer.max_length,
+        config.trainer.dtype,
+        settings,
+        Path(config.embedded.cache_dir).expanduser() / "evals",
+        groups,
+        retain,
+        retain_logs,
+    )
 
 
 def _inference(plan: EvalPlan, model_path: str) -> Any:
@@ -177,9 +187,19 @@ def relative_to_retain(result: Mapping[str, Any], retain: Mapping[str, Any] | No
 
 def _cache_key(plan: EvalPlan, model_path: str) -> str:
     s = plan.settings
-    parts = [EVAL_VERSION, plan.benchmark, plan.data_key, plan.forget_split, plan.holdout_split,
-             plan.template.as_dict(), plan.max_length, plan.dtype, s.batch_size, s.max_new_tokens,
-             _fingerprint(model_path)]  # fmt: skip
+    parts = [
+        EVAL_VERSION,
+        plan.benchmark,
+        plan.data_key,
+        plan.forget_split,
+        plan.holdout_split,
+        plan.template.as_dict(),
+        plan.max_length,
+        plan.dtype,
+        s.batch_size,
+        s.max_new_tokens,
+        _fingerprint(model_path),
+    ]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
 
 

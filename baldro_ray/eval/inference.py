@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -48,8 +48,8 @@ class Generate:
     stop: tuple[str, ...] = ()
 
 
-Request = Union[Score, Generate]
-Result = Union[dict[str, Any], str]  # Score -> {"nll_sum", "n_tokens"[, token stats]}, Generate -> text
+Request = Score | Generate
+Result = dict[str, Any] | str  # Score -> {"nll_sum", "n_tokens"[, token stats]}, Generate -> text
 
 
 class Inference(Protocol):

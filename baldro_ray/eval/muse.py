@@ -26,9 +26,14 @@ VERBMEM_NEW_TOKENS = 128
 KNOWMEM_NEW_TOKENS = 32
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
 MUSE_SUBSETS = (
-    "verbmem/forget", "knowmem/forget_qa", "knowmem/retain_qa", "knowmem/forget_qa_icl", "knowmem/retain_qa_icl",
-    "privleak/forget", "privleak/holdout",
-)  # fmt: skip
+    "verbmem/forget",
+    "knowmem/forget_qa",
+    "knowmem/retain_qa",
+    "knowmem/forget_qa_icl",
+    "knowmem/retain_qa_icl",
+    "privleak/forget",
+    "privleak/holdout",
+)
 
 
 def few_shot_prompt(template: PromptTemplate, examples: Sequence[Mapping[str, str]], question: str) -> str:
@@ -37,13 +42,22 @@ def few_shot_prompt(template: PromptTemplate, examples: Sequence[Mapping[str, st
     return shots + template.prompt(question)
 
 
-def _rouge_entry(values: Sequence[float], rows: Sequence[Mapping[str, str]], key: str,
-                 generations: Sequence[str], field: str) -> dict[str, Any]:  # fmt: skip
+def _rouge_entry(
+    values: Sequence[float],
+    rows: Sequence[Mapping[str, str]],
+    key: str,
+    generations: Sequence[str],
+    field: str,
+) -> dict[str, Any]:
     by_index = {
-        str(i): {field: float(v), "input": row[key], "ground_truth": row["gt" if key == "prompt" else "answer"],
-                 "generation": g}
+        str(i): {
+            field: float(v),
+            "input": row[key],
+            "ground_truth": row["gt" if key == "prompt" else "answer"],
+            "generation": g,
+        }
         for i, (v, row, g) in enumerate(zip(values, rows, generations))
-    }  # fmt: skip
+    }
     return {"agg_value": float(sum(values) / len(values)), "value_by_index": by_index}
 
 

@@ -50,12 +50,15 @@ TINY_TEMPLATE: dict[str, str] = {
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}" + USER_TAG + "{{ message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT_TAG + "{{ message['content'] }}" + EOS +
-    "{% else %}{{ raise_exception('unsupported chat role: ' + message['role']) }}"
+    "{% elif message['role'] == 'assistant' %}"
+    + ASSISTANT_TAG
+    + "{{ message['content'] }}"
+    + EOS
+    + "{% else %}{{ raise_exception('unsupported chat role: ' + message['role']) }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}" + ASSISTANT_TAG + "{% endif %}"
-)  # fmt: skip
+)
 
 _BYTE_ALPHABET_SIZE = 256
 # "owner/name" as on the Hugging Face hub; anything else that is not a local path is a typo'd path.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from baldro_ray.objectives.dro import (
@@ -49,7 +51,9 @@ def render_demo() -> str:
     for label, value, weights in demo_rows():
         cells = "".join(f"{float(w):9.3f}" for w in weights)
         tail = (
-            "" if value != value else f"{value:9.3f}{weight_diagnostics(weights).effective_sample_size:6.2f}"
+            ""
+            if math.isnan(value)
+            else f"{value:9.3f}{weight_diagnostics(weights).effective_sample_size:6.2f}"
         )
         lines.append(f"{label:28s}{cells}{tail}")
     lines += [

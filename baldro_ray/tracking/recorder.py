@@ -19,9 +19,10 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from types import TracebackType
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -136,7 +137,7 @@ def check_tracking(settings: TrackingConfig, output_dir: Path) -> str:
         "local_tracking_uri": local,
         "experiment": settings.experiment,
         "error": problem,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "note": "these runs were recorded locally; copy them to the intended store (e.g. mlflow-export-import)",
     }
     tmp = marker.with_name(f".{marker.name}.tmp")
@@ -155,7 +156,7 @@ def git_commit() -> str | None:
         return None  # an installed copy: an enclosing repository would not be ours
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=9
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=9, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -351,10 +352,12 @@ class RunRecorder:
             self.client.set_terminated(self.run_id, status)
         self._ended = True
 
-    def __enter__(self) -> RunRecorder:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.end("FINISHED")
             return

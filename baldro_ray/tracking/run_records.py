@@ -67,9 +67,12 @@ def _last_step_of_epochs(steps_parquet: Path) -> dict[int, int]:
 
 
 def record_run(
-    recorder: RunRecorder, folder: Path, evaluations: Sequence[Mapping[str, float]], log_model: bool,
+    recorder: RunRecorder,
+    folder: Path,
+    evaluations: Sequence[Mapping[str, float]],
+    log_model: bool,
     registered_model_name: str | None,
-) -> None:  # fmt: skip
+) -> None:
     """Log a finished run's folder: step metrics (those not logged live), each epoch's ``eval/*`` and
     ``balance/*`` at that epoch's last optimizer step, report files and plots as artifacts, and the model."""
     steps = folder / STEPS_FILE

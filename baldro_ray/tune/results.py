@@ -65,7 +65,7 @@ def trial_rows(results: Sequence[Any], sweep: Sweep, folder: Path) -> list[Trial
                 best_epoch,
                 best,
                 summary.get("mlflow_run_id"),
-            )  # fmt: skip
+            )
         )
     return sorted(rows, key=lambda row: -row.score)
 
@@ -93,8 +93,14 @@ def render_table(rows: Sequence[TrialRow]) -> str:
     head = ["trial", *keys, "status", "epochs", "best epoch", *(c[0] for c in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row.trial_id, *(_fmt(row.settings.get(k, "")) for k in keys), row.status, str(row.epochs_run),
-                 str(row.best_epoch), *(_fmt(row.best.get(c[1], math.nan)) for c in columns)]  # fmt: skip
+        cells = [
+            row.trial_id,
+            *(_fmt(row.settings.get(k, "")) for k in keys),
+            row.status,
+            str(row.epochs_run),
+            str(row.best_epoch),
+            *(_fmt(row.best.get(c[1], math.nan)) for c in columns),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -141,8 +147,13 @@ def export_best(best: TrialRow, sweep: Sweep, folder: Path) -> Path:
     out.mkdir(exist_ok=True)
     replace_dir(folder / TRIALS_DIR / best.trial_id / BEST_MODEL_DIR, out / MODEL_DIR)
     (out / CONFIG_FILE).write_text(dump_config(sweep.config_with(best.settings)))
-    summary = {"trial_id": best.trial_id, "settings": best.settings, "best_epoch": best.best_epoch,
-               "evaluation": best.best, "mlflow_run_id": best.mlflow_run_id}  # fmt: skip
+    summary = {
+        "trial_id": best.trial_id,
+        "settings": best.settings,
+        "best_epoch": best.best_epoch,
+        "evaluation": best.best,
+        "mlflow_run_id": best.mlflow_run_id,
+    }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return out
 

@@ -29,12 +29,27 @@ SWEEP_PRESETS_DIR = PRESETS_DIR / "sweeps"
 SIGN, MAGNITUDE = ".sign", ".magnitude"  # Tune parameters of a signed_loguniform dimension
 # Settings a trial may change: they leave the data, the model, the reference scores and the resources alone.
 TUNABLE = (
-    "method.beta", "method.delta", "method.beta1", "method.beta2", "method.gamma", "method.alpha",
-    "method.retain_loss_type", "method.retain_reduction", "method.dro.type", "method.dro.temperature",
-    "method.dro.sampling_ratio", "method.dro.scope", "method.dro.retain_dro", "trainer.lr",
-    "trainer.weight_decay", "trainer.epochs", "trainer.warmup_epochs", "trainer.schedule", "trainer.seed",
+    "method.beta",
+    "method.delta",
+    "method.beta1",
+    "method.beta2",
+    "method.gamma",
+    "method.alpha",
+    "method.retain_loss_type",
+    "method.retain_reduction",
+    "method.dro.type",
+    "method.dro.temperature",
+    "method.dro.sampling_ratio",
+    "method.dro.scope",
+    "method.dro.retain_dro",
+    "trainer.lr",
+    "trainer.weight_decay",
+    "trainer.epochs",
+    "trainer.warmup_epochs",
+    "trainer.schedule",
+    "trainer.seed",
     "trainer.gradient_clipping",
-)  # fmt: skip
+)
 # A searched key that only matters under some aggregation.
 NEEDS_DRO_TYPE = {"method.dro.temperature": "dv", "method.dro.sampling_ratio": "group"}
 

@@ -201,8 +201,9 @@ def restore_sweep(folder: str | Path, log: Callable[[str], None] = print) -> Swe
     return _fit(sweep, base, folder, parent, True, log)
 
 
-def _fit(sweep: Sweep, base: ResolvedRun, folder: Path, parent: Any, restore: bool,
-         log: Callable[[str], None]) -> SweepOutcome:  # fmt: skip
+def _fit(
+    sweep: Sweep, base: ResolvedRun, folder: Path, parent: Any, restore: bool, log: Callable[[str], None]
+) -> SweepOutcome:
     from ray import tune
 
     from baldro_ray.eval.evaluate import references
@@ -238,8 +239,16 @@ def _finish(sweep: Sweep, grid: Any, folder: Path, parent: Any, log: Callable[[s
     for row in rows:
         if row.status == "error":
             log(f"trial {row.trial_id} failed: see {folder / TUNE_DIR}")
-    return SweepOutcome(folder, rows, table, pareto, front, best_dir,
-                        None if parent is None else parent.uri, None if parent is None else parent.run_id)  # fmt: skip
+    return SweepOutcome(
+        folder,
+        rows,
+        table,
+        pareto,
+        front,
+        best_dir,
+        None if parent is None else parent.uri,
+        None if parent is None else parent.run_id,
+    )
 
 
 def _record_sweep(

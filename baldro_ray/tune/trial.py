@@ -165,7 +165,7 @@ def _evaluate_epoch(
                 "metrics": train,
             },
             indent=2,
-        )  # fmt: skip
+        )
     )
     if recorder is not None:
         from baldro_ray.tracking.run_records import record_run

@@ -159,8 +159,12 @@ def muse_dir(tmp_path: Path) -> Path:
 def test_muse_subsets_and_loads(muse_dir: Path) -> None:
     source = MuseSource(muse_dir, max_length=10)
     assert source.subsets() == [
-        "raw/forget", "raw/retain1", "knowmem/forget_qa", "verbmem/forget", "privleak/holdout"
-    ]  # fmt: skip
+        "raw/forget",
+        "raw/retain1",
+        "knowmem/forget_qa",
+        "verbmem/forget",
+        "privleak/holdout",
+    ]
     assert source.load("knowmem/forget_qa") == QA[:2]
     assert source.load("verbmem/forget") == [{"prompt": "Once upon", "gt": "a time"}]
     assert source.load("privleak/holdout") == [{"text": "private text " * 100}]  # not chunked
@@ -194,8 +198,12 @@ def test_chunk_text_by_tokens_with_real_tokenizer(muse_dir: Path) -> None:
 
     rows = MuseSource(muse_dir, tokenizer=tokenizer, max_length=5).load("raw/forget")
     assert [row["text"] for row in rows] == [
-        "the cat sat on the", "mat the cat sat on", "the mat the cat sat", "on the mat", "a dog ran"
-    ]  # fmt: skip
+        "the cat sat on the",
+        "mat the cat sat on",
+        "the mat the cat sat",
+        "on the mat",
+        "a dog ran",
+    ]
 
 
 def test_muse_bad_subset_names(muse_dir: Path) -> None:

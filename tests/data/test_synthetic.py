@@ -394,17 +394,35 @@ def test_empty_existing_folder_is_filled(tmp_path: Path) -> None:
     assert oct(os.stat(out).st_mode & 0o777) == oct(0o755)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("num_authors", 1), ("num_authors", 0), ("num_authors", "40"), ("num_authors", True),
-    ("num_authors", 10**6),
-    ("qa_per_author", 0), ("qa_per_author", 99), ("qa_per_author", 2.0),
-    ("num_holdout_authors", 1), ("num_holdout_authors", 0),
-    ("num_retain_perturbed_authors", 0), ("num_retain_perturbed_authors", 181),
-    ("hard_fraction", -0.1), ("hard_fraction", 1.5), ("hard_fraction", math.nan), ("hard_fraction", "0.5"),
-    ("hard_repeat", 0), ("hard_repeat", 1.5),
-    ("num_world_facts", 0), ("num_real_authors", 0), ("num_real_authors", 10**5),
-    ("seed", "x"), ("seed", 1.5), ("seed", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_authors", 1),
+        ("num_authors", 0),
+        ("num_authors", "40"),
+        ("num_authors", True),
+        ("num_authors", 10**6),
+        ("qa_per_author", 0),
+        ("qa_per_author", 99),
+        ("qa_per_author", 2.0),
+        ("num_holdout_authors", 1),
+        ("num_holdout_authors", 0),
+        ("num_retain_perturbed_authors", 0),
+        ("num_retain_perturbed_authors", 181),
+        ("hard_fraction", -0.1),
+        ("hard_fraction", 1.5),
+        ("hard_fraction", math.nan),
+        ("hard_fraction", "0.5"),
+        ("hard_repeat", 0),
+        ("hard_repeat", 1.5),
+        ("num_world_facts", 0),
+        ("num_real_authors", 0),
+        ("num_real_authors", 10**5),
+        ("seed", "x"),
+        ("seed", 1.5),
+        ("seed", None),
+    ],
+)
 def test_bad_config_values_raise_value_error_naming_the_field(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=rf"SyntheticConfig\.{field}=.*allowed is"):
         SyntheticConfig(**{"num_authors": 200, field: value})

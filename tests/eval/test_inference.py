@@ -22,10 +22,15 @@ from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, 
 
 TEMPLATE = TEMPLATES["tiny"]
 TEXTS = [
-    "Who wrote the Glass Orchard?", "Mara Voss wrote it in 1987.", "Where was Ilan Petr born?",
-    "In a small port town on the northern coast.", "What genre?", "Speculative fiction.",
-    "Which award did she win?", "The Lantern Prize for debut novels, twice.",
-]  # fmt: skip
+    "Who wrote the Glass Orchard?",
+    "Mara Voss wrote it in 1987.",
+    "Where was Ilan Petr born?",
+    "In a small port town on the northern coast.",
+    "What genre?",
+    "Speculative fiction.",
+    "Which award did she win?",
+    "The Lantern Prize for debut novels, twice.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +54,7 @@ def test_plan_dedupes_groups_and_sorts() -> None:
     assert len(unique) == len(requests) - 1
     assert sorted(i for chunk in chunks for i in chunk) == list(range(len(unique)))
     for chunk in chunks:
-        kinds = {
-            (type(unique[i]), getattr(unique[i], "token_stats", None), getattr(unique[i], "raw"))
-            for i in chunk
-        }
+        kinds = {(type(unique[i]), getattr(unique[i], "token_stats", None), unique[i].raw) for i in chunk}
         assert len(kinds) == 1 and len(chunk) <= 3
     assert plan_chunks(requests, 3) == (unique, chunks)
     assert all(decode_request(encode_request(r)) == r for r in unique)

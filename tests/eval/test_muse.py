@@ -61,8 +61,13 @@ def result(setup: tuple[Any, Any, MuseSource]) -> dict[str, Any]:
 def _greedy(model: Any, tokenizer: Any, text: str, new_tokens: int) -> str:
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, do_sample=False, max_new_tokens=new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+        out = model.generate(
+            input_ids=ids,
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     new = out[0, ids.shape[1] :].tolist()
     if tokenizer.eos_token_id in new:
         new = new[: new.index(tokenizer.eos_token_id)]
@@ -132,11 +137,17 @@ def test_muse_through_the_run_plan_on_replicas(
     save_model(model, tokenizer, tmp_path / "model")
     config = load_config(
         overrides=[
-            "data.source=muse", f"data.location={source.location}", f"model.name_or_path={tmp_path / 'model'}",
-            "model.template=plain", "trainer.max_length=64", "evaluation.batch_size=2", "evaluation.replicas=2",
-            f"evaluation.retain_model={tmp_path / 'model'}", f"embedded.cache_dir={tmp_path / 'cache'}",
+            "data.source=muse",
+            f"data.location={source.location}",
+            f"model.name_or_path={tmp_path / 'model'}",
+            "model.template=plain",
+            "trainer.max_length=64",
+            "evaluation.batch_size=2",
+            "evaluation.replicas=2",
+            f"evaluation.retain_model={tmp_path / 'model'}",
+            f"embedded.cache_dir={tmp_path / 'cache'}",
         ]
-    )  # fmt: skip
+    )
     plan = plan_evaluation(config)
     refs = references(plan, None, log=lambda _: None)
     (summary,) = evaluate_and_report(plan, [(str(tmp_path / "model"), tmp_path / "report")], refs)

@@ -25,8 +25,12 @@ TEMPLATE = TEMPLATES["tiny"]
 FORGET = "forget10"
 HOLDOUT = "holdout10"
 REQUIRED = (
-    "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", *UTILITY_KEYS, "model_utility",
-)  # fmt: skip
+    "forget_Q_A_Prob",
+    "forget_Q_A_ROUGE",
+    "forget_truth_ratio",
+    *UTILITY_KEYS,
+    "model_utility",
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +88,12 @@ def test_structure(result: dict[str, Any], setup: tuple[Any, Any, TofuSource]) -
     source = setup[2]
     assert set(REQUIRED) <= set(result)
     assert "forget_quality" not in result
-    sizes = {"forget": f"{FORGET}_perturbed", "retain": "retain_perturbed", "ra": "real_authors_perturbed",
-             "wf": "world_facts_perturbed"}  # fmt: skip
+    sizes = {
+        "forget": f"{FORGET}_perturbed",
+        "retain": "retain_perturbed",
+        "ra": "real_authors_perturbed",
+        "wf": "world_facts_perturbed",
+    }
     for name in REQUIRED[:-1]:
         entry = result[name]
         assert isinstance(entry["agg_value"], float)
@@ -177,13 +185,17 @@ def test_write_load_round_trip(result: dict[str, Any], tmp_path: Path) -> None:
     [
         ({"forget_Q_A_Prob": {"agg_value": 0.5}}, "forget_truth_ratio"),
         ({"forget_truth_ratio": {"agg_value": 0.5}}, "forget_truth_ratio.value_by_index"),
-        ({"forget_truth_ratio": {"value_by_index": {"0": {"score": 1.0}, "1": {"score": "x"}}}},
-         "forget_truth_ratio.value_by_index.1.score"),
-        ({"forget_truth_ratio": {"value_by_index": {"0": {"prob": 1.0}}}},
-         "forget_truth_ratio.value_by_index.0.score"),
+        (
+            {"forget_truth_ratio": {"value_by_index": {"0": {"score": 1.0}, "1": {"score": "x"}}}},
+            "forget_truth_ratio.value_by_index.1.score",
+        ),
+        (
+            {"forget_truth_ratio": {"value_by_index": {"0": {"prob": 1.0}}}},
+            "forget_truth_ratio.value_by_index.0.score",
+        ),
         ([1, 2], "JSON object"),
     ],
-)  # fmt: skip
+)
 def test_malformed_retain_eval_rejected(tmp_path: Path, content: Any, key: str) -> None:
     path = tmp_path / tofu.EVAL_FILE
     path.write_text(json.dumps(content))

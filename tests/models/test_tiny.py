@@ -78,8 +78,11 @@ def test_special_and_chat_tags_are_single_tokens(tokenizer) -> None:
     )
     assert chat == "<|user|>Who?<|assistant|>Ada.</s>"
     assert TINY_TEMPLATE == {
-        "user_start": "<|user|>", "user_end": "", "assistant_start": "<|assistant|>", "assistant_end": ""
-    }  # fmt: skip
+        "user_start": "<|user|>",
+        "user_end": "",
+        "assistant_start": "<|assistant|>",
+        "assistant_end": "",
+    }
     tokens = tokenizer.convert_ids_to_tokens(tokenizer(chat, add_special_tokens=False)["input_ids"])
     assert tokens[0] == "<|user|>" and "<|assistant|>" in tokens and tokens[-1] == "</s>"
 

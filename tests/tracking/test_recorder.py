@@ -144,16 +144,14 @@ def test_run_round_trip_sqlite(tmp_path: Path) -> None:
 def test_failure_ends_run_failed_and_attach_does_not_end(tmp_path: Path) -> None:
     uri = local_tracking_uri(tmp_path)
     client = MlflowClient(uri)
-    with pytest.raises(RuntimeError, match="boom"):
-        with RunRecorder.start(uri, "exp-x", "doomed", None) as run:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), RunRecorder.start(uri, "exp-x", "doomed", None) as run:
+        raise RuntimeError("boom")
     assert client.get_run(run.run_id).info.status == "FAILED"
 
     owner = RunRecorder.start(uri, "exp-x", "owner")
-    with pytest.raises(ValueError):
-        with RunRecorder.attach(uri, owner.run_id) as worker:
-            worker.log_metrics({"train/loss": 1.25}, step=7)
-            raise ValueError("worker failed")
+    with pytest.raises(ValueError), RunRecorder.attach(uri, owner.run_id) as worker:
+        worker.log_metrics({"train/loss": 1.25}, step=7)
+        raise ValueError("worker failed")
     assert client.get_run(owner.run_id).info.status == "RUNNING"  # the owner decides
     assert _history(client, owner.run_id, "train/loss") == {7: 1.25}
     owner.end("FAILED")

@@ -97,9 +97,14 @@ def _build(spec: BackendSpec, init: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     return build_backend(
-        spec, lambda: AutoModelForCausalLM.from_pretrained(init), LR, WEIGHT_DECAY, _schedule,
-        ray.train.torch.get_device(), ray.train.torch.prepare_model,
-    )  # fmt: skip
+        spec,
+        lambda: AutoModelForCausalLM.from_pretrained(init),
+        LR,
+        WEIGHT_DECAY,
+        _schedule,
+        ray.train.torch.get_device(),
+        ray.train.torch.prepare_model,
+    )
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -203,9 +208,9 @@ def _reference(init: Path) -> tuple[dict[str, torch.Tensor], list[float]]:
 
 def _assert_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
     assert actual.keys() == expected.keys(), what
-    for key in expected:
+    for key, value in expected.items():
         torch.testing.assert_close(
-            actual[key], expected[key], rtol=0, atol=1e-5, msg=lambda m, key=key: f"{what} {key}: {m}"
+            actual[key], value, rtol=0, atol=1e-5, msg=lambda m, key=key: f"{what} {key}: {m}"
         )
 
 

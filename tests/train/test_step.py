@@ -54,20 +54,20 @@ def setup() -> dict[str, Any]:
 
 
 def step_config(**kw: Any) -> StepConfig:
-    base = dict(
-        forget_loss="NPO",
-        hyperparameters=HP,
-        aggregation="mean",
-        temperature=-1.0,
-        sampling_ratio=0.5,
-        scope="global",
-        gamma=1.0,
-        alpha=1.0,
-        retain_loss_type="NLL",
-        retain_reduction="token_mean",
-        retain_dro=False,
-        seed=0,
-    )
+    base = {
+        "forget_loss": "NPO",
+        "hyperparameters": HP,
+        "aggregation": "mean",
+        "temperature": -1.0,
+        "sampling_ratio": 0.5,
+        "scope": "global",
+        "gamma": 1.0,
+        "alpha": 1.0,
+        "retain_loss_type": "NLL",
+        "retain_reduction": "token_mean",
+        "retain_dro": False,
+        "seed": 0,
+    }
     return StepConfig(**{**base, **kw})
 
 
@@ -160,14 +160,14 @@ def assert_close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 
 
 CASES = [
-    dict(forget_loss="NPO", aggregation="mean"),
-    dict(forget_loss="NPO", aggregation="dv", temperature=-1.0),
-    dict(forget_loss="NPO", aggregation="dv", temperature=2.0),
-    dict(forget_loss="SimNPO", aggregation="dv", temperature=-0.5, gamma=0.125),
-    dict(forget_loss="SatImp", aggregation="dv", temperature=-1.0, gamma=0.1),
-    dict(forget_loss="GA", aggregation="mean", retain_loss_type=None),
-    dict(forget_loss="GradDiff", aggregation="mean", retain_reduction="sequence_sum_mean"),
-    dict(forget_loss="NPO", aggregation="mean", retain_loss_type="KL"),
+    {"forget_loss": "NPO", "aggregation": "mean"},
+    {"forget_loss": "NPO", "aggregation": "dv", "temperature": -1.0},
+    {"forget_loss": "NPO", "aggregation": "dv", "temperature": 2.0},
+    {"forget_loss": "SimNPO", "aggregation": "dv", "temperature": -0.5, "gamma": 0.125},
+    {"forget_loss": "SatImp", "aggregation": "dv", "temperature": -1.0, "gamma": 0.1},
+    {"forget_loss": "GA", "aggregation": "mean", "retain_loss_type": None},
+    {"forget_loss": "GradDiff", "aggregation": "mean", "retain_reduction": "sequence_sum_mean"},
+    {"forget_loss": "NPO", "aggregation": "mean", "retain_loss_type": "KL"},
 ]
 
 
@@ -202,7 +202,7 @@ def test_group_keeps_the_hardest_half_and_a_random_retain_cut(setup) -> None:
 def test_local_scope_is_the_mean_of_per_micro_batch_objectives(setup) -> None:
     cfg = step_config(aggregation="dv", temperature=-1.0, scope="local")
     setup["model"].zero_grad()
-    halves = [list(range(0, 4)), list(range(4, 8))]
+    halves = [list(range(4)), list(range(4, 8))]
     (sum(direct_objective(setup, cfg, h, h) for h in halves) / 2).backward()
     _, got = ours(setup, cfg, StepLayout(1, 4, 2))
     assert_close(got, grads(setup["model"]))

@@ -205,9 +205,16 @@ def test_raw_text_rows_are_rejected_before_any_worker(workspace: Path) -> None:
     muse.mkdir(parents=True, exist_ok=True)
     for split in ("forget", "retain1"):
         (muse / f"{split}.json").write_text(json.dumps({"text": f"Some {split} text."}) + "\n")
-    bad = config(workspace, "muse", "data.source=muse", f"data.location={muse.parent}",
-                 "data.forget_split=raw/forget", "data.retain_split=raw/retain1", "trainer.num_workers=1",
-                 "trainer.per_device_batch_size=1")  # fmt: skip
+    bad = config(
+        workspace,
+        "muse",
+        "data.source=muse",
+        f"data.location={muse.parent}",
+        "data.forget_split=raw/forget",
+        "data.retain_split=raw/retain1",
+        "trainer.num_workers=1",
+        "trainer.per_device_batch_size=1",
+    )
     with pytest.raises(
         ConfigError, match=r"data.forget_split 'raw/forget' \(muse\) holds rows with columns \['text'\]"
     ):
@@ -331,8 +338,13 @@ def test_one_epoch_per_fit_ends_on_the_weights_of_one_fit(ray_cluster, workspace
     storage, as a Tune trial does) equals the uninterrupted run, learning-rate schedule included."""
     from baldro_ray.unlearn import build_datasets, build_trainer
 
-    common = ("trainer.epochs=2", "trainer.per_device_batch_size=2", "trainer.schedule=linear",
-              "trainer.warmup_epochs=0.5", "method.dro.type=dv")  # fmt: skip
+    common = (
+        "trainer.epochs=2",
+        "trainer.per_device_batch_size=2",
+        "trainer.schedule=linear",
+        "trainer.warmup_epochs=0.5",
+        "method.dro.type=dv",
+    )
     run = resolve_run(config(workspace, "per-epoch", *common), name="run", log=lambda _: None)
     datasets = build_datasets(run)
 

@@ -47,15 +47,20 @@ def test_signed_temperature_is_a_sign_times_a_log_uniform_magnitude(tmp_path: Pa
     [
         ("  space:\n    data.forget_split: {type: grid, values: [forget01]}\n", "cannot vary between trials"),
         ("  space:\n    trainer.lr: {type: loguniform, low: 0, high: 1}\n", "needs low > 0"),
-        ("  space:\n    trainer.lr: {type: grid, values: [1.0e-3, -1]}\n", "the value -1 makes an invalid run"),
+        (
+            "  space:\n    trainer.lr: {type: grid, values: [1.0e-3, -1]}\n",
+            "the value -1 makes an invalid run",
+        ),
         ("  search: grid\n  space:\n    trainer.lr: {type: uniform, low: 0.1, high: 1}\n", "every dimension"),
         ("  search: tpe\n  space:\n    trainer.lr: {type: grid, values: [0.1]}\n", "use 'choice'"),
         ("  space: {}\n", "space is empty"),
-        ("  space:\n    trainer.lr: {type: grid, values: [0.1]}\n  points_to_evaluate: [{trainer.epochs: 2}]\n",
-         "not in sweep.space"),
+        (
+            "  space:\n    trainer.lr: {type: grid, values: [0.1]}\n  points_to_evaluate: [{trainer.epochs: 2}]\n",
+            "not in sweep.space",
+        ),
         ("  space:\n    trainer.lr: {type: grid, values: [0.1]}\n  schedular: asha\n", "sweep.schedular"),
     ],
-)  # fmt: skip
+)
 def test_bad_sweeps_fail_with_one_clear_error(tmp_path: Path, sweep: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_sweep(sweep_file(tmp_path, sweep))

@@ -54,11 +54,16 @@ def _driver(args: list[str], tmp_path: Path, log: str) -> subprocess.Popen:
     saved at every step, so a kill loses no report)."""
     import ray
 
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token",
-           "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "RAY_AUTH_MODE": "token",
+        "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    }
     out = (tmp_path / log).open("wb")
-    return subprocess.Popen([sys.executable, "-m", "baldro_ray.cli", "tune", *args], env=env, stdout=out,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "baldro_ray.cli", "tune", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+    )
 
 
 def _evaluated(folder: Path) -> dict[float, list[int]]:
@@ -86,8 +91,11 @@ def test_sweep_with_asha_survives_a_killed_driver(embedded_tiny, tmp_path: Path)
     path = tmp_path / "sweep.yaml"
     path.write_text(f"extends: {PRESETS_DIR / 'embedded_npo_dv.yaml'}\n{SWEEP}")
     folder = tmp_path / "out" / "sweep"
-    driver = _driver(["--config", str(path), "--name", "sweep", *base, *REDUCED, f"output_dir={folder.parent}"],
-                     tmp_path, "driver.log")  # fmt: skip
+    driver = _driver(
+        ["--config", str(path), "--name", "sweep", *base, *REDUCED, f"output_dir={folder.parent}"],
+        tmp_path,
+        "driver.log",
+    )
     # The good trial finished, the destructive one stopped by ASHA, the third has reported its first epoch.
     _kill_when(driver, folder, {GOOD: [1, 2], DESTRUCTIVE: [1], RESUMED: [1]}, tmp_path / "driver.log")
     reports = {p: p.stat().st_mtime_ns for p in (folder / "trials").rglob("*_SUMMARY.json")}
