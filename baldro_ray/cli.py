@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _unlearn(config_path: str | None, overrides: Sequence[str], name: str | None) -> None:
     from baldro_ray.cluster import ensure_ray
+    from baldro_ray.run_folder import BEST_MODEL_DIR, CONFIG_FILE, EPOCHS_DIR, PLOTS_DIR
     from baldro_ray.unlearn import resolve_run, run_unlearn
 
     config = load_config(config_path, overrides)
@@ -81,21 +82,21 @@ def _unlearn(config_path: str | None, overrides: Sequence[str], name: str | None
     run = resolve_run(config, name)
     ensure_ray()
     outcome = run_unlearn(run)
-    metrics = outcome.metrics
+    summary, out = outcome.summary, outcome.output_dir
+    metrics = summary.metrics
     print(
-        f"done in {outcome.seconds:.1f} s: loss {metrics.get('train/loss', float('nan')):.4f}, "
-        f"forget {metrics.get('train/forget_loss', float('nan')):.4f}, DRO ESS {metrics.get('train/dro_ess', float('nan')):.2f}\n"
-        f"model:      {outcome.model_dir}\ntrajectory: {outcome.trajectory}\nconfig:     {outcome.output_dir / 'config.yaml'}"
+        f"done in {summary.seconds:.1f} s: loss {metrics.get('train/loss', float('nan')):.4f}, "
+        f"forget {metrics.get('train/forget_loss', float('nan')):.4f}, "
+        f"DRO ESS {metrics.get('train/dro_ess', float('nan')):.2f}\n"
+        f"model:      {outcome.model_dir}\ntrajectory: {outcome.trajectory}\nconfig:     {out / CONFIG_FILE}"
     )
-    if outcome.best_epoch is not None:
+    if summary.best_epoch is not None:
         print(
-            f"best epoch: {outcome.best_epoch} (reports in {outcome.output_dir / 'epochs'}, plots in {outcome.output_dir / 'plots'})"
+            f"best epoch: {summary.best_epoch} (model in {out / BEST_MODEL_DIR}, reports in {out / EPOCHS_DIR}, "
+            f"plots in {out / PLOTS_DIR})"
         )
-    if config.tracking.enabled:
-        import json
-
-        mlflow = json.loads((outcome.output_dir / "summary.json").read_text())["mlflow"]
-        print(f"MLflow:     run {mlflow['run_id']} in {mlflow['tracking_uri']}")
+    if summary.mlflow is not None:
+        print(f"MLflow:     run {summary.mlflow['run_id']} in {summary.mlflow['tracking_uri']}")
 
 
 def _evaluate(

@@ -247,6 +247,11 @@ class EvaluationConfig(_Section):
         description="utility_at_fq_floor: the forget quality (p-value) a model must reach",
     )
 
+    @property
+    def per_epoch(self) -> bool:
+        """Whether every epoch's model is saved and evaluated."""
+        return self.enabled and self.every_epoch
+
     @model_validator(mode="after")
     def _weights_not_both_zero(self) -> EvaluationConfig:
         if self.forget_weight + self.utility_weight == 0:

@@ -154,7 +154,7 @@ def run_quickstart(
                 f"unlearning: {name} ({run.config.trainer.num_workers} workers), then evaluation"
             )
             outcome = run_unlearn(run, log=lambda _: None, parent=parent)
-            final = outcome.evaluations[-1] if outcome.evaluations else {}
+            final = outcome.summary.evaluations[-1] if outcome.summary.evaluations else {}
             rows[name] = {**final, "seconds": time.perf_counter() - began}
             stages.end(began, f"done: {outcome.output_dir}")
         table = format_table(rows)

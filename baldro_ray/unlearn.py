@@ -8,10 +8,7 @@ set, missing model, tokenizer/model vocabulary mismatch, bad data files, forget/
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +18,7 @@ from typing import Any
 from baldro_ray.config import ConfigError, RunConfig, dump_config
 from baldro_ray.hub import is_hub_id
 from baldro_ray.objectives import get_forget_loss
-
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
+from baldro_ray.run_folder import CONFIG_FILE, MODEL_DIR, TRAJECTORY_FILE, RunSummary, best_epoch
 
 
 @dataclass(frozen=True)
@@ -45,15 +40,18 @@ class ResolvedRun:
 
 @dataclass(frozen=True)
 class UnlearnOutcome:
-    """Where a finished run put its model and records, and its last metrics."""
+    """A finished run: its run folder and the summary written there."""
 
     output_dir: Path
-    model_dir: Path
-    trajectory: Path
-    metrics: dict[str, Any]
-    seconds: float
-    evaluations: list[dict[str, float]]  # one eval summary per evaluated epoch (empty without evaluation)
-    best_epoch: int | None
+    summary: RunSummary
+
+    @property
+    def model_dir(self) -> Path:
+        return self.output_dir / MODEL_DIR
+
+    @property
+    def trajectory(self) -> Path:
+        return self.output_dir / TRAJECTORY_FILE
 
 
 def _check_model(path: str) -> None:
@@ -138,7 +136,8 @@ def resolve_run(
 
 
 def _forget_dataset(run: ResolvedRun) -> Any:
-    from baldro_ray.data.pipeline import qa_dataset, score_reference
+    from baldro_ray.data.pipeline import qa_dataset
+    from baldro_ray.eval.replicas import score_reference
 
     config = run.config
     dataset = qa_dataset(
@@ -202,7 +201,6 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     from baldro_ray.cluster import worker_env
-    from baldro_ray.eval.checkpoints import evaluates_every_epoch
     from baldro_ray.train.unlearn import unlearn_loop
 
     config = run.config
@@ -226,7 +224,7 @@ def build_trainer(
             # Every epoch's model is kept for evaluation after training when it is evaluated per epoch; one fit
             # per epoch evaluates it before the next, and only the latest is needed to resume.
             checkpoint_config=CheckpointConfig(
-                num_to_keep=None if evaluates_every_epoch(config) and stop_epoch is None else 2
+                num_to_keep=None if config.evaluation.per_epoch and stop_epoch is None else 2
             ),
             worker_runtime_env={"env_vars": worker_env()},
         ),
@@ -236,10 +234,9 @@ def build_trainer(
 
 
 def _run(run: ResolvedRun, recorder: Any, log: Callable[[str], None]) -> UnlearnOutcome:
-    from baldro_ray.eval.checkpoints import evaluate_checkpoints
+    from baldro_ray.atomic import staging_dir, write_text
+    from baldro_ray.run_folder import collect_checkpoint
     from baldro_ray.tracking.run_records import record_run, write_plots
-    from baldro_ray.train.telemetry import STEPS_FILE, TRAJECTORY_FILE
-    from baldro_ray.train.unlearn import MODEL_DIR
 
     config, out = run.config, run.output_dir
     started = time.perf_counter()
@@ -248,41 +245,55 @@ def _run(run: ResolvedRun, recorder: Any, log: Callable[[str], None]) -> Unlearn
     result = build_trainer(run, build_datasets(run), storage, tracking).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"unlearning run {run.name} ended without a checkpoint: {result.error}")
-    seconds = time.perf_counter() - started
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{run.name}-"))
-    try:
+    summary = RunSummary(
+        run.name,
+        run.model_path,
+        time.perf_counter() - started,
+        {k: v for k, v in result.metrics.items() if k.startswith("train/")},
+        mlflow=tracking and {"tracking_uri": tracking["uri"], "run_id": tracking["run_id"]},
+    )
+    with staging_dir(out) as staging:
         with result.checkpoint.as_directory() as checkpoint:
-            shutil.copytree(Path(checkpoint) / MODEL_DIR, staging / MODEL_DIR)
-            for name in (TRAJECTORY_FILE, STEPS_FILE):
-                shutil.copy2(Path(checkpoint) / name, staging / name)
-        evaluations, best_epoch = evaluate_checkpoints(
-            run.eval_plan, run.model_path, result.best_checkpoints or [], staging, log
-        )
-        write_plots(staging, evaluations, None if run.eval_plan is None else run.eval_plan.groups)
-        (staging / CONFIG_FILE).write_text(dump_config(config))
-        summary = {
-            "name": run.name,
-            "model_path": run.model_path,
-            "seconds": seconds,
-            "metrics": metrics,
-            "evaluations": evaluations,
-            "best_epoch": best_epoch,
-            "mlflow": None if recorder is None else {"tracking_uri": recorder.uri, "run_id": recorder.run_id},
-        }
-        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            collect_checkpoint(Path(checkpoint), staging)
+        summary.evaluations = _evaluate_epochs(run, result.best_checkpoints or [], staging, log)
+        summary.best_epoch = best_epoch(summary.evaluations)
+        write_plots(staging, summary.evaluations, None if run.eval_plan is None else run.eval_plan.groups)
+        write_text(staging / CONFIG_FILE, dump_config(config))
+        summary.write(staging)
         if recorder is not None:
             record_run(
                 recorder,
                 staging,
-                evaluations,
+                summary.evaluations,
                 config.tracking.log_model,
                 config.tracking.registered_model_name,
             )
-        staging.replace(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log(f"run {run.name}: model {out / MODEL_DIR}, trajectory {out / TRAJECTORY_FILE} ({seconds:.1f} s)")
-    return UnlearnOutcome(
-        out, out / MODEL_DIR, out / TRAJECTORY_FILE, metrics, seconds, evaluations, best_epoch
+    log(
+        f"run {run.name}: model {out / MODEL_DIR}, trajectory {out / TRAJECTORY_FILE} ({summary.seconds:.1f} s)"
     )
+    return UnlearnOutcome(out, summary)
+
+
+def _evaluate_epochs(
+    run: ResolvedRun, checkpoints: list[tuple[Any, dict[str, Any]]], folder: Path, log: Callable[[str], None]
+) -> list[dict[str, float]]:
+    """Evaluate every kept epoch model (a Ray Train checkpoint with a model folder) into ``folder``, all in one
+    replica job outside the training workers; no evaluations without an evaluation plan."""
+    if run.eval_plan is None:
+        return []
+    from baldro_ray.eval.epochs import evaluate_epochs
+    from baldro_ray.eval.evaluate import references
+
+    refs = references(run.eval_plan, run.model_path, log)
+    with (
+        contextlib.ExitStack() as stack
+    ):  # remote storage downloads each checkpoint for as long as it is open
+        models = {}
+        for checkpoint, metrics in checkpoints:
+            model = Path(stack.enter_context(checkpoint.as_directory())) / MODEL_DIR
+            if model.is_dir():
+                models[int(metrics["epoch"])] = model
+        if not models:
+            return []
+        log(f"evaluating the models of epochs {sorted(models)}")
+        return evaluate_epochs(run.eval_plan, refs, models, folder, log=log)

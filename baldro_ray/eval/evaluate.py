@@ -17,16 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from baldro_ray.atomic import write_json
 from baldro_ray.config import ConfigError, EvaluationConfig, RunConfig
 from baldro_ray.data.render import PromptTemplate
 from baldro_ray.eval.balance import balance_report
 from baldro_ray.eval.objective import combined_score, objective_terms
 from baldro_ray.eval.privacy import privleak_entry
-from baldro_ray.eval.tofu import forget_quality_entry, load_retain_eval, write_eval, write_json_atomic
+from baldro_ray.eval.tofu import forget_quality_entry, load_retain_eval, write_eval
 from baldro_ray.hub import is_hub_id
+from baldro_ray.run_folder import BALANCE_FILE
 
 EVAL_VERSION = 1  # bump when a metric's definition changes: invalidates cached reference evaluations
-BALANCE_FILE = "BALANCE.json"
 
 
 @dataclass(frozen=True)
@@ -167,11 +168,6 @@ def evaluate_models(plan: EvalPlan, model_paths: Sequence[str]) -> list[dict[str
     return [evaluation.assemble(results) for results in per_model]
 
 
-def evaluate_model(plan: EvalPlan, model_path: str) -> dict[str, Any]:
-    """:func:`evaluate_models` of one model."""
-    return evaluate_models(plan, [model_path])[0]
-
-
 def relative_to_retain(result: Mapping[str, Any], retain: Mapping[str, Any] | None) -> dict[str, Any]:
     """``result`` with privleak against the retain model's Min-K% AUC and (TOFU) forget quality against its
     forget truth ratios; unchanged without a retain reference."""
@@ -206,7 +202,7 @@ def _cache_key(plan: EvalPlan, model_path: str) -> str:
 def reference_evals(
     plan: EvalPlan, model_paths: Sequence[str], log: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
-    """Each model's :func:`evaluate_model` result, computed once (the uncached ones in one job) and cached."""
+    """Each model's :func:`evaluate_models` result, computed once (the uncached ones in one job) and cached."""
     folders = [plan.cache_dir / _cache_key(plan, path) for path in model_paths]
     files = [folder / f"{plan.benchmark}_EVAL.json" for folder in folders]
     missing = [i for i, f in enumerate(files) if not f.is_file()]
@@ -260,7 +256,7 @@ def write_report(
     """Write ``<B>_EVAL.json``, ``<B>_SUMMARY.json`` and ``BALANCE.json`` into ``out_dir``; return the summary."""
     write_eval(result, out_dir, plan.benchmark)
     if balance is not None:
-        write_json_atomic(out_dir / BALANCE_FILE, balance)
+        write_json(out_dir / BALANCE_FILE, balance)
     return summarise(result, plan.settings, balance)
 
 

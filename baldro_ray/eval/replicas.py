@@ -1,4 +1,5 @@
-"""Evaluation as a Ray Data batch-inference job: model replicas in an actor pool run the planned batches.
+"""Models on Ray Data actor pools: evaluation replicas running the planned batches, and the one reference-scoring
+pass of an unlearning run (:func:`score_reference`).
 
 Each dataset row is one batch of :func:`~baldro_ray.eval.inference.plan_chunks` (its requests as JSON) for one
 model; an actor loads a model when its first batch arrives and runs the batches it is given with
@@ -110,3 +111,39 @@ class ReplicaInference:
         for row in output:
             by_job[int(row["job"])][int(row["chunk"])] = json.loads(row["results"])
         return [scatter(requests, unique, chunks, results) for results in by_job]
+
+
+class _ReferenceScorer:
+    """Ray Data actor: the frozen reference model, loaded once per actor, scoring padded batches without grad."""
+
+    def __init__(self, model_path: str, dtype: str | None) -> None:
+        import torch
+
+        from baldro_ray.models.tiny import load_model
+
+        model, tokenizer = load_model(model_path, None if dtype is None else getattr(torch, dtype))
+        self.model, self.pad_token_id = model.eval(), tokenizer.pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from baldro_ray.data.render import pad_batch
+        from baldro_ray.eval.inference import score_batch
+
+        padded = pad_batch({"input_ids": batch["input_ids"], "labels": batch["labels"]}, self.pad_token_id)
+        nll_sum, _ = score_batch(self.model, padded)
+        return {**batch, "ref_nll_sum": nll_sum.double().numpy()}
+
+
+def score_reference(dataset: Any, model_path: str, dtype: str | None = None, batch_size: int = 16) -> Any:
+    """Add ``ref_nll_sum`` (the reference model's summed answer NLL) to every row, once, before training.
+
+    The reference model of NPO is the model before unlearning and the forget rows never change, so this replaces
+    the reference forward pass the original implementation runs at every step.
+    """
+    return dataset.map_batches(
+        _ReferenceScorer,
+        fn_constructor_kwargs={"model_path": model_path, "dtype": dtype},
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=1,
+        num_cpus=1,
+    ).materialize()

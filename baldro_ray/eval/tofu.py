@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from baldro_ray.atomic import write_json
 from baldro_ray.data.sources import TofuSource
 from baldro_ray.eval import metrics as M
 from baldro_ray.eval.inference import Evaluation, Generate, Inference, Request, Result, Score
@@ -239,29 +239,15 @@ def load_retain_eval(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temp file and ``os.replace``: the file is complete or absent."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_eval(
     result: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike[str], benchmark: str = "TOFU"
 ) -> Path:
     """Write ``<benchmark>_EVAL.json`` (``result``) and ``<benchmark>_SUMMARY.json`` (metric -> agg_value) into
-    ``out_dir``, each atomically (temp file + ``os.replace``); return ``out_dir``."""
+    ``out_dir``, each atomically; return ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / f"{benchmark}_EVAL.json", result)
-    write_json_atomic(
+    write_json(out / f"{benchmark}_EVAL.json", result)
+    write_json(
         out / f"{benchmark}_SUMMARY.json", {name: entry["agg_value"] for name, entry in result.items()}
     )
     return out

@@ -14,12 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from baldro_ray.config import RunConfig
+from baldro_ray.run_folder import MODEL_DIR, PLOTS_DIR, STEPS_FILE, TRAJECTORY_FILE
 from baldro_ray.tracking import plots
 from baldro_ray.tracking.recorder import RunRecorder, check_tracking
-from baldro_ray.train.telemetry import STEPS_FILE, TRAJECTORY_FILE
-from baldro_ray.train.unlearn import MODEL_DIR
 
-PLOTS_DIR = "plots"
 _ARTIFACT_SUFFIXES = (".json", ".yaml", ".parquet")
 _EPOCH_PLOT_KEYS = ("forget_quality", "forget_ks_statistic", "model_utility", "score")
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from baldro_ray.atomic import atomic_path
 from baldro_ray.objectives import weight_diagnostics
+from baldro_ray.run_folder import STEPS_FILE, TRAJECTORY_FILE
 from baldro_ray.train.step import StepResult
 
 TRAJECTORY_COLUMNS = ("sample_id", "epoch", "step", "loss", "avg_nll", "dro_weight")
-TRAJECTORY_FILE = "trajectory.parquet"  # one row per forget sample per optimizer step
-STEPS_FILE = "steps.parquet"  # one row per optimizer step: epoch, step and the train/* metrics
 
 
 class Telemetry:
@@ -80,15 +78,8 @@ class Telemetry:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def format_progress(epoch: int, epochs: int, step: int, steps: int, metrics: dict[str, float]) -> str:

@@ -21,13 +21,10 @@ import torch
 from baldro_ray.config import RunConfig
 from baldro_ray.data.render import pad_batch
 from baldro_ray.objectives import get_forget_loss
+from baldro_ray.run_folder import MODEL_DIR, STATE_DIR
 from baldro_ray.train.layout import StepLayout, epoch_orders, step_rows
 from baldro_ray.train.step import MicroBatch, StepConfig, TorchDistributedExchange, run_step
 from baldro_ray.train.telemetry import Telemetry, format_progress
-
-STATE_DIR = "state"
-MODEL_DIR = "model"
-BEST_MODEL_DIR = "best_model"  # in the run folder: the epoch model with the best combined evaluation score
 
 
 def step_config(run: RunConfig) -> StepConfig:
@@ -178,7 +175,7 @@ def unlearn_loop(config: dict[str, Any]) -> None:
                 live.log_metrics(metrics, global_step + 1)
         if rank == 0:
             print(format_progress(epoch + 1, trainer.epochs, steps, steps, metrics), flush=True)
-        save_model = epoch + 1 == stop_epoch or (run.evaluation.enabled and run.evaluation.every_epoch)
+        save_model = epoch + 1 == stop_epoch or run.evaluation.per_epoch
         _report_epoch(backend, tokenizer, telemetry, metrics, epoch + 1, save_model, rank, world)
 
 

@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from baldro_ray.atomic import copy_dir, copy_file, write_json, write_text
 from baldro_ray.config import RunConfig, dump_config
+from baldro_ray.run_folder import BEST_MODEL_DIR, CONFIG_FILE, MODEL_DIR, SCORE_KEY, SUMMARY_FILE, RunSummary
 from baldro_ray.tune.pareto import ParetoPoint, pareto_front, pareto_plot
 from baldro_ray.tune.space import Sweep, trial_settings
-from baldro_ray.tune.trial import OBJECTIVE, TRIALS_DIR, replace_dir
-from baldro_ray.unlearn import CONFIG_FILE, SUMMARY_FILE
+from baldro_ray.tune.trial import TRIALS_DIR
 
-BEST_DIR = "best"  # <sweep>/best: the best trial's best-epoch model, its config and summary
+BEST_DIR = "best"  # <sweep>/best: the best trial's best-epoch model, its config and its run summary
 PARETO_FILE = "pareto.png"
 RESULTS_FILE = "results.json"
+TRIAL_FILE = "trial.json"
 TABLE_FILE = "results.md"
 
 
@@ -40,7 +42,7 @@ class TrialRow:
 
     @property
     def score(self) -> float:
-        value = self.best.get(OBJECTIVE, math.nan)
+        value = self.best.get(SCORE_KEY, math.nan)
         return -math.inf if math.isnan(value) else value
 
 
@@ -49,10 +51,10 @@ def trial_rows(results: Sequence[Any], sweep: Sweep, folder: Path) -> list[Trial
     rows = []
     for result in results:
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
-        summary_file = folder / TRIALS_DIR / str(trial_id) / SUMMARY_FILE
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        evaluations = summary.get("evaluations", [])
-        best_epoch = summary.get("best_epoch")
+        trial_folder = folder / TRIALS_DIR / str(trial_id)
+        summary = RunSummary.read(trial_folder) if (trial_folder / SUMMARY_FILE).is_file() else None
+        evaluations = [] if summary is None else summary.evaluations
+        best_epoch = None if summary is None else summary.best_epoch
         best = next((e for e in evaluations if e["epoch"] == best_epoch), {})
         epochs = sweep.trial_config(result.config).trainer.epochs
         status = "error" if result.error else "finished" if len(evaluations) >= epochs else "stopped"
@@ -64,7 +66,7 @@ def trial_rows(results: Sequence[Any], sweep: Sweep, folder: Path) -> list[Trial
                 len(evaluations),
                 best_epoch,
                 best,
-                summary.get("mlflow_run_id"),
+                None if summary is None or summary.mlflow is None else summary.mlflow["run_id"],
             )
         )
     return sorted(rows, key=lambda row: -row.score)
@@ -77,7 +79,7 @@ def _fmt(value: Any) -> str:
 
 
 COLUMNS = (  # (heading, summary key)
-    ("score", OBJECTIVE),
+    ("score", SCORE_KEY),
     ("forget quality", "eval/forget_quality"),
     ("KS", "eval/forget_ks_statistic"),
     ("utility", "eval/model_utility"),
@@ -140,21 +142,14 @@ def write_pareto(rows: Sequence[TrialRow], sweep: Sweep, out: Path) -> tuple[Pat
 
 
 def export_best(best: TrialRow, sweep: Sweep, folder: Path) -> Path:
-    """``<sweep>/best``: the best trial's best-epoch model, its run config and its summary."""
-    from baldro_ray.train.unlearn import BEST_MODEL_DIR, MODEL_DIR
-
+    """``<sweep>/best``: the best trial's best-epoch model as ``model``, its run config, its run summary and
+    ``trial.json`` (the trial id and its searched settings)."""
     out = folder / BEST_DIR
-    out.mkdir(exist_ok=True)
-    replace_dir(folder / TRIALS_DIR / best.trial_id / BEST_MODEL_DIR, out / MODEL_DIR)
-    (out / CONFIG_FILE).write_text(dump_config(sweep.config_with(best.settings)))
-    summary = {
-        "trial_id": best.trial_id,
-        "settings": best.settings,
-        "best_epoch": best.best_epoch,
-        "evaluation": best.best,
-        "mlflow_run_id": best.mlflow_run_id,
-    }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    trial = folder / TRIALS_DIR / best.trial_id
+    copy_dir(trial / BEST_MODEL_DIR, out / MODEL_DIR)
+    write_text(out / CONFIG_FILE, dump_config(sweep.config_with(best.settings)))
+    copy_file(trial / SUMMARY_FILE, out / SUMMARY_FILE)
+    write_json(out / TRIAL_FILE, {"trial_id": best.trial_id, "settings": best.settings})
     return out
 
 
@@ -177,6 +172,6 @@ def close_trial_runs(rows: Sequence[TrialRow], uri: str) -> None:
 def write_results(rows: Sequence[TrialRow], folder: Path) -> str:
     """``results.json`` (every row) and ``results.md`` (the table); returns the table."""
     table = render_table(rows)
-    (folder / RESULTS_FILE).write_text(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
-    (folder / TABLE_FILE).write_text(table + "\n")
+    write_text(folder / RESULTS_FILE, json.dumps([row.__dict__ for row in rows], indent=2, default=str))
+    write_text(folder / TABLE_FILE, table + "\n")
     return table

@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
+from baldro_ray.atomic import write_json, write_text
 from baldro_ray.config import ConfigError, RunConfig
+from baldro_ray.run_folder import MODEL_DIR, SCORE_KEY
 from baldro_ray.tune.results import (
     PARETO_FILE,
     TrialRow,
@@ -35,7 +37,7 @@ from baldro_ray.tune.results import (
     write_results,
 )
 from baldro_ray.tune.space import Sweep, SweepSettings, load_sweep, param_space, tune_parameters
-from baldro_ray.tune.trial import OBJECTIVE, TUNE_METRIC, SweepContext, run_trial
+from baldro_ray.tune.trial import TUNE_METRIC, SweepContext, run_trial
 from baldro_ray.unlearn import ResolvedRun, build_datasets, resolve_run
 
 SWEEP_FILE = "sweep.yaml"
@@ -155,7 +157,7 @@ def _prepare(sweep: Sweep, name: str, log: Callable[[str], None]) -> ResolvedRun
     base = resolve_run(sweep.base_config(), name, log)
     if base.eval_plan is None:
         raise ConfigError(
-            f"{sweep.source}: a sweep needs evaluation.enabled=true (its objective is {OBJECTIVE})"
+            f"{sweep.source}: a sweep needs evaluation.enabled=true (its objective is {SCORE_KEY})"
         )
     return base
 
@@ -174,11 +176,12 @@ def run_sweep(sweep: Sweep, name: str | None = None, log: Callable[[str], None] 
     base = _prepare(sweep, name, log)
     parent = open_recorder(config, folder.parent, name)
     folder.mkdir(parents=True)
-    (folder / SWEEP_FILE).write_text(
-        yaml.safe_dump({**sweep.base, "sweep": sweep.settings.model_dump(mode="json")}, sort_keys=False)
+    write_text(
+        folder / SWEEP_FILE,
+        yaml.safe_dump({**sweep.base, "sweep": sweep.settings.model_dump(mode="json")}, sort_keys=False),
     )
     state = None if parent is None else {"tracking_uri": parent.uri, "parent_run_id": parent.run_id}
-    (folder / STATE_FILE).write_text(json.dumps(state))
+    write_json(folder / STATE_FILE, state)
     return _fit(sweep, base, folder, parent, False, log)
 
 
@@ -255,7 +258,6 @@ def _record_sweep(
     parent: Any, folder: Path, best: TrialRow | None, best_dir: Path | None, config: RunConfig
 ) -> None:
     """The parent run's records: the table, the Pareto plot, the best trial (metrics, tag, config, model)."""
-    from baldro_ray.train.unlearn import MODEL_DIR
     from baldro_ray.tune.results import RESULTS_FILE, TABLE_FILE
 
     for name in (SWEEP_FILE, RESULTS_FILE, TABLE_FILE, PARETO_FILE):

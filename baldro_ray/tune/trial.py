@@ -6,7 +6,8 @@ Invariants:
   name and storage), with the full run's learning-rate schedule: the trial ends on the weights of one fit.
 - A trial restored after the sweep's driver died continues after the last epoch it reported (its Tune checkpoint
   holds that epoch's evaluations and its MLflow run), never re-training a reported epoch.
-- ``trials/<id>/best_model`` is always a complete model: the epoch model with the best objective so far.
+- ``trials/<id>/`` is a run folder (:mod:`baldro_ray.run_folder`), refreshed after every epoch: ``model`` is the
+  last trained epoch's model and ``best_model`` the best epoch's so far, each always complete.
 """
 
 from __future__ import annotations
@@ -14,21 +15,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from baldro_ray.atomic import write_text
 from baldro_ray.config import dump_config
-from baldro_ray.unlearn import CONFIG_FILE, SUMMARY_FILE, ResolvedRun, build_trainer
+from baldro_ray.run_folder import (
+    CONFIG_FILE,
+    MODEL_DIR,
+    SCORE_KEY,
+    RunSummary,
+    best_epoch,
+    collect_checkpoint,
+)
+from baldro_ray.unlearn import ResolvedRun, build_trainer
 
 TRIALS_DIR = "trials"
 STATE_FILE = "trial_state.json"
 TRAIN_STORAGE = (
     ".ray"  # <sweep>/.ray/<trial id>/train: the trial's Ray Train run (resumable epoch checkpoints)
 )
-OBJECTIVE = "eval/score"
 TUNE_METRIC = "objective"  # what Tune optimises: eval/score, or NAN_SCORE when it is NaN (e.g. NaN weights)
 NAN_SCORE = -2.0  # below every objective's range, so schedulers and searchers rank such a model last
 
@@ -45,24 +54,12 @@ class SweepContext:
     tracking: dict[str, str] | None
 
 
-def replace_dir(source: Path, destination: Path) -> None:
-    """Copy the folder ``source`` to ``destination`` so that ``destination`` is never seen half-written."""
-    staging = destination.with_name(f".{destination.name}.new")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    previous = destination.with_name(f".{destination.name}.old")
-    if destination.exists():
-        destination.replace(previous)
-    staging.replace(destination)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def _restored_state() -> dict[str, Any]:
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return {"evaluations": [], "mlflow_run_id": None}
+        return {"evaluations": [], "mlflow_run_id": None, "seconds": 0.0}
     with checkpoint.as_directory() as directory:
         return json.loads((Path(directory) / STATE_FILE).read_text())
 
@@ -95,7 +92,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     run = dataclasses.replace(context.base, config=context.sweep.trial_config(params), name=trial_id)
     folder = context.folder / TRIALS_DIR / trial_id
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(dump_config(run.config))
+    write_text(folder / CONFIG_FILE, dump_config(run.config))
     state = _restored_state()
     recorder = _recorder(context, state, trial_id, run)
     state["mlflow_run_id"] = None if recorder is None else recorder.run_id
@@ -105,7 +102,9 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     try:
         while epoch < run.config.trainer.epochs:
             storage = context.folder / TRAIN_STORAGE / trial_id / "train"
+            started = time.perf_counter()
             result = build_trainer(run, context.datasets, storage, tracking, epoch + 1).fit()
+            state["seconds"] += time.perf_counter() - started
             if result.checkpoint is None:
                 raise RuntimeError(
                     f"trial {trial_id}: epoch {epoch + 1} ended without a checkpoint: {result.error}"
@@ -130,49 +129,31 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
 def _evaluate_epoch(
     run: ResolvedRun, refs: Any, result: Any, folder: Path, epoch: int, state: dict[str, Any], recorder: Any
 ) -> dict[str, Any]:
-    """Evaluate the epoch's model into ``epochs/epoch_NN``, keep it as ``best_model`` if it is the best so far,
-    refresh the trial's records (trajectory, plots, summary; MLflow metrics and artifacts); the Tune result."""
-    from baldro_ray.eval.checkpoints import EPOCHS_DIR, eval_line
-    from baldro_ray.eval.evaluate import evaluate_and_report
+    """Refresh the trial's run folder with the epoch's checkpoint (model, trajectory), evaluate the epoch's model
+    into ``epochs/epoch_NN`` (keeping ``best_model``), rewrite the plots and the summary, record the epoch in
+    MLflow; return the Tune result."""
+    from baldro_ray.eval.epochs import evaluate_epochs
     from baldro_ray.tracking.run_records import write_plots
-    from baldro_ray.train.telemetry import STEPS_FILE, TRAJECTORY_FILE
-    from baldro_ray.train.unlearn import BEST_MODEL_DIR, MODEL_DIR
 
     plan = run.eval_plan
-    report = folder / EPOCHS_DIR / f"epoch_{epoch:02d}"
     with result.checkpoint.as_directory() as checkpoint:
-        model = Path(checkpoint) / MODEL_DIR
-        (summary,) = evaluate_and_report(plan, [(str(model), report)], refs)
-        scores = [e[OBJECTIVE] for e in state["evaluations"] if e[OBJECTIVE] == e[OBJECTIVE]]
-        if summary[OBJECTIVE] == summary[OBJECTIVE] and all(summary[OBJECTIVE] > s for s in scores):
-            replace_dir(model, folder / BEST_MODEL_DIR)
-            state["best_epoch"] = epoch
-        for name in (TRAJECTORY_FILE, STEPS_FILE):
-            shutil.copy2(Path(checkpoint) / name, folder / f".{name}")
-            (folder / f".{name}").replace(folder / name)
-    evaluation = {"epoch": epoch, **summary}
-    state["evaluations"].append(evaluation)
-    print(eval_line(evaluation), flush=True)
+        collect_checkpoint(Path(checkpoint), folder)
+        models = {epoch: Path(checkpoint) / MODEL_DIR}
+        state["evaluations"] = evaluate_epochs(plan, refs, models, folder, state["evaluations"], log=print)
     write_plots(folder, state["evaluations"], plan.groups)
     train = {k: v for k, v in result.metrics.items() if k.startswith("train/")}
-    (folder / SUMMARY_FILE).write_text(
-        json.dumps(
-            {
-                "name": run.name,
-                "evaluations": state["evaluations"],
-                "best_epoch": state.get("best_epoch"),
-                "mlflow_run_id": state["mlflow_run_id"],
-                "metrics": train,
-            },
-            indent=2,
-        )
+    mlflow = None if recorder is None else {"tracking_uri": recorder.uri, "run_id": recorder.run_id}
+    best = best_epoch(state["evaluations"])
+    RunSummary(run.name, run.model_path, state["seconds"], train, state["evaluations"], best, mlflow).write(
+        folder
     )
     if recorder is not None:
         from baldro_ray.tracking.run_records import record_run
 
-        record_run(recorder, folder, [evaluation], log_model=False, registered_model_name=None)
-    score = summary[OBJECTIVE] if math.isfinite(summary[OBJECTIVE]) else NAN_SCORE
-    return {**train, **summary, TUNE_METRIC: score, "epoch": epoch, "best_epoch": state.get("best_epoch", 0)}
+        record_run(recorder, folder, state["evaluations"][-1:], log_model=False, registered_model_name=None)
+    summary = state["evaluations"][-1]
+    score = summary[SCORE_KEY] if math.isfinite(summary[SCORE_KEY]) else NAN_SCORE
+    return {**train, **summary, TUNE_METRIC: score, "epoch": epoch, "best_epoch": best or 0}
 
 
 def _report(metrics: dict[str, Any], state: dict[str, Any]) -> None:

@@ -15,13 +15,13 @@ from scipy import stats
 from baldro_ray.cli import main
 from baldro_ray.config import ConfigError, load_config
 from baldro_ray.eval.evaluate import (
-    BALANCE_FILE,
-    evaluate_model,
+    evaluate_models,
     plan_evaluation,
     references,
     relative_to_retain,
 )
 from baldro_ray.eval.tofu import forget_truth_ratios
+from baldro_ray.run_folder import BALANCE_FILE
 
 pytestmark = [pytest.mark.ray]
 
@@ -65,7 +65,9 @@ def test_target_against_retain(refs: Any, embedded_tiny: tuple[list[str], Any]) 
 
 @pytest.mark.timeout(300)
 def test_two_replicas_give_identical_results(refs: Any, embedded_tiny: tuple[list[str], Any]) -> None:
-    two = evaluate_model(_plan(embedded_tiny, "evaluation.replicas=2"), str(embedded_tiny[1].target_model))
+    (two,) = evaluate_models(
+        _plan(embedded_tiny, "evaluation.replicas=2"), [str(embedded_tiny[1].target_model)]
+    )
     two = relative_to_retain(two, refs.retain)
     assert json.dumps(two, sort_keys=True) == json.dumps(refs.target, sort_keys=True)
 

@@ -255,7 +255,8 @@ def test_retain_rows_differ_between_ranks_and_repeat_with_the_seed() -> None:
 def test_cached_reference_nll_gives_the_online_npo_loss(ray_cluster, workspace: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from baldro_ray.data.pipeline import qa_dataset, score_reference
+    from baldro_ray.data.pipeline import qa_dataset
+    from baldro_ray.eval.replicas import score_reference
     from baldro_ray.objectives import npo_loss
 
     rows = [{"question": q, "answer": a} for q, a in FORGET]

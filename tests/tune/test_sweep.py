@@ -4,6 +4,7 @@ Pareto plot and the best trial's export."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import yaml
 from mlflow import MlflowClient
 
 from baldro_ray.config import PRESETS_DIR
+from baldro_ray.run_folder import RunSummary
 
 pytestmark = [pytest.mark.ray]
 
@@ -29,7 +31,7 @@ REDUCED = [
     "evaluation.max_new_tokens=16",
     "evaluation.replicas=1",
     "tracking.log_model=false",
-]  # fmt: skip  (logging models: tests/test_quickstart.py)
+]  # logging models is tested in tests/test_quickstart.py
 # Run in this order, one at a time: a good trial, a destructive one, another good one. ASHA (rungs at epoch 1, keep
 # the top half) lets the first through alone, stops the destructive one at its first rung (below the mean of the
 # two scores there) and lets the third through (with three scores, only the lowest is cut).
@@ -118,8 +120,15 @@ def test_sweep_with_asha_survives_a_killed_driver(embedded_tiny, tmp_path: Path)
     assert best["trial_id"] != by_lr[DESTRUCTIVE]["trial_id"] and scores[best["trial_id"]] == max(
         scores.values()
     )
-    exported = json.loads((folder / "best" / "summary.json").read_text())
+    exported = json.loads((folder / "best" / "trial.json").read_text())
     assert exported["trial_id"] == best["trial_id"] and (folder / "best" / "model" / "config.json").is_file()
+    # A trial's folder is a run folder: the same summary schema as an unlearning run's (tests/test_quickstart.py).
+    summary = json.loads((folder / "best" / "summary.json").read_text())
+    assert (
+        set(summary) == {f.name for f in dataclasses.fields(RunSummary)}
+        and summary["best_epoch"] == best["best_epoch"]
+    )
+    assert summary["mlflow"]["run_id"] == best["mlflow_run_id"]
     assert (
         yaml.safe_load((folder / "best" / "config.yaml").read_text())["trainer"]["lr"]
         == best["settings"]["trainer.lr"]
