@@ -1,4 +1,4 @@
-"""Single-process TOFU evaluation in open-unlearning's ``TOFU_EVAL.json`` layout (BALDRO.md, "TOFU").
+"""Single-process TOFU evaluation in open-unlearning's ``TOFU_EVAL.json`` layout (docs/method.md#tofu-metrics).
 
 Each split becomes a list of inference requests (:func:`split_requests`: teacher-forced scores of the answer,
 the correct answer and every perturbed answer, and a greedy generation per question); the whole evaluation is
