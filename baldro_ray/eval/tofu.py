@@ -111,8 +111,8 @@ def split_metrics(
     nlls: Mapping[str, np.ndarray],
     generations: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
-    """The split's Prob (or normalised Prob), ROUGE and truth-ratio entries from ``split_avg_nlls`` arrays and
-    the greedy generations, all aligned with ``rows``."""
+    """The split's Prob (or normalised Prob), ROUGE and truth-ratio entries from the average-NLL arrays and the
+    greedy generations of :func:`split_results`, all aligned with ``rows``."""
     answers = [row["answer"] for row in rows]
     if spec.normalised:
         probs = M.normalised_probability(nlls["answer"], nlls["perturbed"])
