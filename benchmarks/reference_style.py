@@ -1,6 +1,6 @@
 """A BalDRO step with the reference implementation's cost structure, to time our engine against.
 
-Written from ``shared/spec/BALDRO.md`` ("Aggregations", "Reference quirks"), per micro-batch:
+Written from ``docs/method.md`` (``#aggregations``, ``#differences-from-the-reference``), per micro-batch:
 
 - the frozen reference model forwards the forget rows at every step (NPO), instead of a score cached once before
   training, and the retain rows for a KL retain loss;

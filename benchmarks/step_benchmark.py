@@ -77,7 +77,7 @@ class Vocabulary:
 def step_config(
     forget_loss: str, aggregation: str, temperature: float = -1.0, ratio: float = 0.5
 ) -> StepConfig:
-    """The method with the reference presets' defaults (BALDRO.md), DV in the reference form, retain NLL."""
+    """The method with the reference hyperparameters (docs/method.md), DV in the reference form, retain NLL."""
     defaults = dict(get_forget_loss(forget_loss).defaults)
     gamma, alpha = defaults.pop("gamma", 1.0), defaults.pop("alpha", 1.0)
     return StepConfig(

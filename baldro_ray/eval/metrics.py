@@ -1,4 +1,4 @@
-"""TOFU and MUSE metrics as pure functions of per-sample numbers (spec: BALDRO.md, "TOFU/MUSE evaluation").
+"""TOFU and MUSE metrics as pure functions of per-sample numbers (docs/method.md#tofu-metrics, #muse-metrics).
 
 Inputs are per-sample arrays (average or summed answer NLLs, per-token log-probs, strings); outputs are numpy
 arrays or floats. Nothing here touches a model.

@@ -1,4 +1,4 @@
-"""MUSE evaluation in open-unlearning's ``MUSE_EVAL.json`` layout (BALDRO.md, "MUSE evaluation").
+"""MUSE evaluation in open-unlearning's ``MUSE_EVAL.json`` layout (docs/method.md#muse-metrics).
 
 * ``forget_verbmem_ROUGE``: ROUGE-L F1 between the greedy 128-token continuation of each ``verbmem/forget`` prompt
   (raw text, no template) and its ground-truth continuation ``gt``.

@@ -1,4 +1,4 @@
-"""Single-process TOFU evaluation in open-unlearning's ``TOFU_EVAL.json`` layout (BALDRO.md, "TOFU").
+"""Single-process TOFU evaluation in open-unlearning's ``TOFU_EVAL.json`` layout (docs/method.md#tofu-metrics).
 
 Each split becomes a list of inference requests (:func:`split_requests`: teacher-forced scores of the answer,
 the correct answer and every perturbed answer, and a greedy generation per question); the whole evaluation is
@@ -111,8 +111,8 @@ def split_metrics(
     nlls: Mapping[str, np.ndarray],
     generations: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
-    """The split's Prob (or normalised Prob), ROUGE and truth-ratio entries from ``split_avg_nlls`` arrays and
-    the greedy generations, all aligned with ``rows``."""
+    """The split's Prob (or normalised Prob), ROUGE and truth-ratio entries from the average-NLL arrays and the
+    greedy generations of :func:`split_results`, all aligned with ``rows``."""
     answers = [row["answer"] for row in rows]
     if spec.normalised:
         probs = M.normalised_probability(nlls["answer"], nlls["perturbed"])

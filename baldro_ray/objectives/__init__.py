@@ -1,6 +1,6 @@
 """BalDRO objectives in pure torch: per-token/per-sample NLL, forget and retain losses, DRO aggregations, registry.
 
-Tensors in, tensors out; nothing here knows about Ray, files or configs. Formulas: ``shared/spec/BALDRO.md``.
+Tensors in, tensors out; nothing here knows about Ray, files or configs. Formulas: ``docs/method.md``.
 """
 
 from baldro_ray.objectives.dro import (

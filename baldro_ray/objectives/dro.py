@@ -1,6 +1,6 @@
 """DRO aggregations of per-unit forget losses: BalDRO-DV (signed temperature) and BalDRO-G (top-k subset).
 
-Signed temperature ``t`` (``shared/spec/BALDRO.md``): ``F_t = t * (logsumexp(l / t) - log N)``.
+Signed temperature ``t`` (``docs/method.md#baldro-dv``): ``F_t = t * (logsumexp(l / t) - log N)``.
 ``t = -tau`` is the reference BalDRO-DV (``-tau * log mean exp(-l / tau)``, weight on the *lowest* losses),
 ``t = +tau`` the textbook KL-regularised worst case (weight on the *highest* losses), ``t = None`` or infinite the
 plain mean. Its gradient is ``sum_i w_i * grad l_i`` with ``w = softmax(l / t)`` (:func:`dro_weights`).

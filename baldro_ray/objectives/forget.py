@@ -1,7 +1,8 @@
 """Forget losses of the base methods (GA, NPO, SimNPO, SatImp), one value per sample or per token.
 
 Lower is more forgotten: the optimiser minimises every function here. The formulas are those of
-``shared/spec/BALDRO.md``; the per-sample ones take the output of :func:`~baldro_ray.objectives.nll.sequence_nll`.
+``docs/method.md#forget-losses``; the per-sample ones take the output of
+:func:`~baldro_ray.objectives.nll.sequence_nll`.
 """
 
 from __future__ import annotations
