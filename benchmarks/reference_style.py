@@ -34,7 +34,6 @@ from torch import Tensor
 
 from baldro_ray.objectives import (
     ForgetBatch,
-    combine,
     g_hardness,
     get_forget_loss,
     group_select,
@@ -136,7 +135,7 @@ def reference_style_step(
     total = forget_total = retain_total = 0.0
     for group, (forget, retain) in enumerate(micro_batches):
         forget_loss, retain_loss = _micro_losses(model, ref_model, forget, retain, cfg, step_id, group)
-        loss = combine(forget_loss, retain_loss, cfg.gamma, cfg.alpha)
+        loss = cfg.gamma * forget_loss + (0.0 if retain_loss is None else cfg.alpha * retain_loss)
         backward(loss / n)
         total += float(loss.detach()) / n
         forget_total += float(forget_loss.detach()) / n

@@ -14,7 +14,6 @@ from baldro_ray.objectives.dro import (
     weight_diagnostics,
 )
 from baldro_ray.objectives.forget import (
-    ga_loss,
     npo_loss,
     satimp_from_token_nll,
     satimp_token_losses,
@@ -27,7 +26,6 @@ from baldro_ray.objectives.registry import (
     ForgetBatch,
     ForgetLoss,
     aggregate_units,
-    combine,
     g_hardness,
     get_forget_loss,
     register_forget_loss,
@@ -53,11 +51,9 @@ __all__ = [
     "WeightDiagnostics",
     "aggregate_units",
     "average_nll",
-    "combine",
     "dro_weights",
     "dv_aggregate",
     "g_hardness",
-    "ga_loss",
     "get_forget_loss",
     "group_select",
     "group_size",

@@ -1,4 +1,6 @@
-"""Forget losses of the base methods (GA, NPO, SimNPO, SatImp), one value per sample or per token.
+"""Forget losses of the base methods NPO, SimNPO and SatImp, one value per sample or per token.
+
+GA (token-level ascent) needs no formula of its own: the registry negates the token NLL.
 
 Lower is more forgotten: the optimiser minimises every function here. The formulas are those of
 ``docs/method.md#forget-losses``; the per-sample ones take the output of
@@ -17,11 +19,6 @@ from baldro_ray.objectives.nll import DEFAULT_CHUNK_TOKENS, average_nll, token_n
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0; got {value}")
-
-
-def ga_loss(nll_sum: Tensor, n_tokens: Tensor) -> Tensor:
-    """Gradient ascent per sample: ``-a_i = -s_i / n_i`` (``[B]``)."""
-    return -average_nll(nll_sum, n_tokens)
 
 
 def npo_loss(nll_sum: Tensor, ref_nll_sum: Tensor, beta: float) -> Tensor:

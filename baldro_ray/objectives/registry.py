@@ -164,8 +164,3 @@ def sample_weights(unit_weights: Tensor, unit_sample_index: Tensor, batch_size: 
 def unit_weights(units: Tensor, aggregation: str, temperature: float | None = None) -> Tensor:
     """The distribution over units the aggregation puts (uniform for mean/group over the units it saw)."""
     return dro_weights(units, temperature if aggregation == "dv" else None)
-
-
-def combine(forget: Tensor, retain: Tensor | None, gamma: float, alpha: float) -> Tensor:
-    """Total objective ``gamma * F + alpha * R`` (``gamma * F`` for forget-only methods)."""
-    return gamma * forget if retain is None else gamma * forget + alpha * retain

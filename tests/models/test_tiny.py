@@ -6,7 +6,6 @@ import dataclasses
 import os
 import random
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -94,11 +93,9 @@ def test_bos_prepended_and_no_eos(tokenizer) -> None:
     assert ids[1:] == tokenizer("Bram sang the song.", add_special_tokens=False)["input_ids"]
 
 
-def test_training_is_deterministic_and_fast(tmp_path: Path) -> None:
+def test_training_is_deterministic(tmp_path: Path) -> None:
     texts = _corpus()
-    start = time.perf_counter()
     first = train_tokenizer(texts)
-    assert time.perf_counter() - start < 2.0
     first.save_pretrained(tmp_path / "a")
     train_tokenizer(texts).save_pretrained(tmp_path / "b")
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (

@@ -11,7 +11,6 @@ from baldro_ray.objectives import (
     FORGET_LOSSES,
     ForgetBatch,
     aggregate_units,
-    combine,
     g_hardness,
     get_forget_loss,
     register_forget_loss,
@@ -77,12 +76,6 @@ def test_g_hardness_is_minus_average_nll() -> None:
     assert g_hardness(forget.tokens).tolist() == pytest.approx(
         [-s / n for s, n in zip(sums, counts)], rel=1e-12
     )
-
-
-def test_combine_weights_forget_and_retain() -> None:
-    f, r = torch.tensor(2.0), torch.tensor(3.0)
-    assert float(combine(f, r, gamma=0.125, alpha=1.0)) == 0.125 * 2 + 3
-    assert float(combine(f, None, gamma=1.0, alpha=1.0)) == 2.0
 
 
 def test_npo_without_reference_and_missing_hyperparameter_are_errors() -> None:
