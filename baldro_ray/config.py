@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from baldro_ray.data.render import TEMPLATES, PromptTemplate, resolve_template
 from baldro_ray.data.synthetic import SyntheticConfig
 from baldro_ray.models.tiny import TinyModelSpec
-from baldro_ray.objectives import FORGET_LOSSES, get_forget_loss
+from baldro_ray.objectives import FORGET_LOSSES, Aggregation, get_forget_loss
 
 
 class ConfigError(ValueError):
@@ -59,6 +59,14 @@ class DROConfig(_Section):
                 "must be a non-zero number (negative: reference form, positive: textbook form) or null"
             )
         return value
+
+    def aggregation(self) -> Aggregation:
+        """The forget aggregation, holding only the setting its type reads (the others are ignored)."""
+        return Aggregation.of(self.type, self.temperature, self.sampling_ratio)
+
+    def retain_aggregation(self) -> Aggregation | None:
+        """DV at the same temperature over per-sequence retain NLL with ``retain_dro``; else None (the mean)."""
+        return Aggregation.dv(self.temperature) if self.retain_dro else None
 
 
 class MethodConfig(_Section):
@@ -512,8 +520,18 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
+def dro_settings_in_use(dro: DROConfig) -> dict[str, Any]:
+    """``method.dro`` without the settings no aggregation of the run reads (no temperature on a mean run)."""
+    used = dro.model_dump(mode="json")
+    readers = [dro.aggregation(), dro.retain_aggregation()]
+    for key in ("temperature", "sampling_ratio"):
+        if not any(a is not None and key in a.params() for a in readers):
+            del used[key]
+    return used
+
+
 def flatten_config(config: RunConfig, sep: str = "/") -> dict[str, Any]:
-    """Flat ``{'method/dro/temperature': -1.0, ...}`` for experiment trackers."""
+    """Flat ``{'method/dro/temperature': -1.0, ...}`` for experiment trackers, with only the DRO settings in use."""
 
     def walk(prefix: str, value: Any) -> typing.Iterator[tuple[str, Any]]:
         if isinstance(value, dict):
@@ -522,4 +540,6 @@ def flatten_config(config: RunConfig, sep: str = "/") -> dict[str, Any]:
         else:
             yield prefix, value
 
-    return dict(walk("", config.model_dump(mode="json")))
+    data = config.model_dump(mode="json")
+    data["method"]["dro"] = dro_settings_in_use(config.method.dro)
+    return dict(walk("", data))

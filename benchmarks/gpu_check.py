@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from baldro_ray.objectives import IGNORE_INDEX, dv_aggregate, npo_loss, sequence_nll
+from baldro_ray.objectives import IGNORE_INDEX, Aggregation, dv_aggregate, npo_loss, sequence_nll
 from baldro_ray.train.backend import BackendSpec, TrainingBackend, build_backend
 from baldro_ray.train.layout import StepLayout
 from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig, run_step
@@ -46,15 +46,13 @@ BETA, TEMPERATURE = 0.1, -1.0
 STEP_CONFIG = StepConfig(
     forget_loss="NPO",
     hyperparameters={"beta": BETA},
-    aggregation="dv",
-    temperature=TEMPERATURE,
-    sampling_ratio=1.0,
+    aggregation=Aggregation.dv(TEMPERATURE),
+    retain_aggregation=None,
     scope="global",
     gamma=1.0,
     alpha=1.0,
     retain_loss_type="NLL",
     retain_reduction="token_mean",
-    retain_dro=False,
     seed=0,
 )
 VARIANTS = {"torch": None, "zero2": 2, "zero3": 3}  # name -> DeepSpeed ZeRO stage (None: plain torch)

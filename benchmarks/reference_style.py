@@ -88,9 +88,9 @@ def _micro_losses(
 ) -> tuple[Tensor, Tensor | None]:
     """``(F, R)`` of one micro-batch (``R`` None for forget-only methods), graphs attached."""
     spec = get_forget_loss(cfg.forget_loss)
-    if cfg.aggregation == "group":
+    if cfg.aggregation.selects:
         scored = token_nll(_logits(model, forget), forget["labels"])  # with gradients, as the reference does
-        chosen = group_select(g_hardness(scored), cfg.sampling_ratio).cpu()
+        chosen = group_select(g_hardness(scored), cfg.aggregation.sampling_ratio).cpu()
         del scored
         forget = _rows(forget, chosen)
         if retain is not None:
@@ -105,7 +105,7 @@ def _micro_losses(
             ref_nll_sum, _ = sequence_nll(_logits(ref_model, forget), forget["labels"])
     tokens = token_nll(_logits(model, forget), forget["labels"])
     units = spec.units(ForgetBatch(tokens, ref_nll_sum), cfg.hyperparameters)
-    forget_loss = reference_dv(units, cfg.temperature if cfg.aggregation == "dv" else None)
+    forget_loss = reference_dv(units, cfg.aggregation.temperature)
     if cfg.retain_loss_type is None or retain is None:
         return forget_loss, None
     logits = _logits(model, retain)
@@ -127,7 +127,7 @@ def reference_style_step(
     """Forward and back-propagate one optimizer step the reference's way (module docstring); the caller then
     steps the optimizer. ``micro_batches`` holds ``(forget, retain)`` padded batches (``retain`` None for GA);
     a forget batch's cached ``ref_nll_sum`` is ignored: the reference model is forwarded instead."""
-    if cfg.retain_dro:
+    if cfg.retain_aggregation is not None:
         raise NotImplementedError("the reference-style step has no retain-side DRO")
     if needs_reference_model(cfg) and ref_model is None:
         raise ValueError(f"{cfg.forget_loss} with retain {cfg.retain_loss_type} needs ref_model")

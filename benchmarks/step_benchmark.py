@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama
-from baldro_ray.objectives import IGNORE_INDEX, get_forget_loss
+from baldro_ray.objectives import AGGREGATIONS, IGNORE_INDEX, Aggregation, get_forget_loss
 from baldro_ray.train.backend import BackendSpec, TrainingBackend, build_backend
 from baldro_ray.train.step import StepConfig
 from benchmarks.memory import peak_memory, track_cpu_frees
@@ -55,7 +55,7 @@ from benchmarks.reference_style import (
 Batch = dict[str, torch.Tensor]
 Pair = tuple[Batch, Batch]
 FORGET_LOSSES = ("NPO", "SimNPO", "SatImp")
-AGGREGATIONS = ("mean", "group", "dv")
+
 IMPLEMENTATIONS = ("ours", "reference-style")
 EQUAL = 1e-9  # the equal-loss check's tolerance (losses of order 1-20; gradients relative)
 SIZES = {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 352, "vocab": 1024}  # the model's defaults
@@ -83,15 +83,13 @@ def step_config(
     return StepConfig(
         forget_loss=forget_loss,
         hyperparameters=defaults,
-        aggregation=aggregation,
-        temperature=temperature,
-        sampling_ratio=ratio,
+        aggregation=Aggregation.of(aggregation, temperature, ratio),
+        retain_aggregation=None,
         scope="global",
         gamma=gamma,
         alpha=alpha,
         retain_loss_type="NLL",
         retain_reduction="token_mean",
-        retain_dro=False,
         seed=0,
     )
 
@@ -196,7 +194,7 @@ def equality_check(
     out = {}
     for cfg in configs:
         a = compare_with_run_step(model, ref, first, cfg)
-        out[f"{cfg.forget_loss}/{cfg.aggregation}"] = {
+        out[f"{cfg.forget_loss}/{cfg.aggregation.type}"] = {
             "loss": a.loss_ours,
             "loss_difference": a.loss_difference,
             "gradient_difference": a.gradient_difference,
@@ -247,7 +245,7 @@ def memory_pass(args: argparse.Namespace) -> dict[str, Any]:
 
     peak_memory(lambda: one_run("reference-style", configs[0]), device)
     peaks = {
-        f"{cfg.forget_loss}/{cfg.aggregation}": {
+        f"{cfg.forget_loss}/{cfg.aggregation.type}": {
             impl: peak_memory(lambda impl=impl, cfg=cfg: one_run(impl, cfg), device)
             for impl in IMPLEMENTATIONS
         }
@@ -285,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_on_device, steps = on_device(base, steps, device)
     results: dict[str, Any] = {}
     for cfg in configs:
-        key = f"{cfg.forget_loss}/{cfg.aggregation}"
+        key = f"{cfg.forget_loss}/{cfg.aggregation.type}"
         tps: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
         for r in range(args.repeats):
             for impl in IMPLEMENTATIONS if r % 2 == 0 else IMPLEMENTATIONS[::-1]:

@@ -146,6 +146,22 @@ def test_dump_round_trips_and_flatten_uses_slashes(tmp_path: Path) -> None:
     assert flat["method/dro/temperature"] == -1.0 and flat["trainer/seed"] == 3
 
 
+@pytest.mark.parametrize(
+    ("overrides", "recorded"),
+    [
+        (["method.dro.type=mean"], set()),
+        (["method.dro.type=group"], {"sampling_ratio"}),
+        (["method.dro.type=dv"], {"temperature"}),
+        (["method.dro.type=mean", "method.dro.retain_dro=true"], {"temperature"}),
+    ],
+)
+def test_trackers_get_only_the_dro_settings_in_use(overrides: list[str], recorded: set[str]) -> None:
+    config = load_config(None, overrides)
+    flat = flatten_config(config)
+    assert {k for k in ("temperature", "sampling_ratio") if f"method/dro/{k}" in flat} == recorded
+    assert flat["method/dro/type"] == config.method.dro.type and "method/dro/scope" in flat
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path: Path) -> None:
     assert isinstance(load_config(path), RunConfig)

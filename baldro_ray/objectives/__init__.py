@@ -3,6 +3,7 @@
 Tensors in, tensors out; nothing here knows about Ray, files or configs. Formulas: ``docs/method.md``.
 """
 
+from baldro_ray.objectives.aggregation import AGGREGATIONS, Aggregation
 from baldro_ray.objectives.dro import (
     WeightDiagnostics,
     dro_weights,
@@ -21,16 +22,12 @@ from baldro_ray.objectives.forget import (
 )
 from baldro_ray.objectives.nll import IGNORE_INDEX, TokenNLL, average_nll, sequence_nll, token_nll
 from baldro_ray.objectives.registry import (
-    AGGREGATIONS,
     FORGET_LOSSES,
     ForgetBatch,
     ForgetLoss,
-    aggregate_units,
     g_hardness,
     get_forget_loss,
     register_forget_loss,
-    sample_weights,
-    unit_weights,
 )
 from baldro_ray.objectives.retain import (
     RETAIN_REDUCTIONS,
@@ -45,11 +42,11 @@ __all__ = [
     "FORGET_LOSSES",
     "IGNORE_INDEX",
     "RETAIN_REDUCTIONS",
+    "Aggregation",
     "ForgetBatch",
     "ForgetLoss",
     "TokenNLL",
     "WeightDiagnostics",
-    "aggregate_units",
     "average_nll",
     "dro_weights",
     "dv_aggregate",
@@ -65,12 +62,10 @@ __all__ = [
     "register_forget_loss",
     "retain_kl",
     "retain_nll",
-    "sample_weights",
     "satimp_from_token_nll",
     "satimp_token_losses",
     "sequence_nll",
     "simnpo_loss",
     "token_nll",
-    "unit_weights",
     "weight_diagnostics",
 ]

@@ -1,8 +1,8 @@
-"""The method registry: a method is a forget loss x an aggregation (mean | group | dv) x a retain loss.
+"""The method registry: a method is a forget loss x an aggregation (``objectives.aggregation``) x a retain loss.
 
 Forget losses produce *units*: one loss per sample (NPO, SimNPO) or per labelled token (GA, SatImp — the reference
 averages those over every token of the batch, and DrSatImp applies DV to the token losses). The ERM method is the
-mean of the units; BalDRO-DV replaces it by :func:`dv_aggregate`; BalDRO-G computes the units on the selected
+mean of the units; BalDRO-DV replaces it by the DV aggregate; BalDRO-G computes the units on the selected
 samples only and takes their mean. Users add forget losses with :func:`register_forget_loss`.
 """
 
@@ -16,12 +16,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from baldro_ray.objectives.dro import dro_weights, dv_aggregate
 from baldro_ray.objectives.forget import npo_loss, satimp_from_token_nll, simnpo_loss
 from baldro_ray.objectives.nll import TokenNLL, average_nll
 
 Granularity = Literal["sample", "token"]
-AGGREGATIONS: tuple[str, ...] = ("mean", "group", "dv")
 
 
 @dataclass(frozen=True)
@@ -143,24 +141,3 @@ def g_hardness(tokens: TokenNLL) -> Tensor:
     """BalDRO-G hardness ``h_i = -a_i``: the lower a sample's average NLL, the more it is still memorised."""
     nll_sum, n_tokens = tokens.per_sequence()
     return -average_nll(nll_sum.detach(), n_tokens)
-
-
-def aggregate_units(units: Tensor, aggregation: str, temperature: float | None = None) -> Tensor:
-    """Aggregate forget units: ``mean`` and ``group`` (units already restricted to the group) take the mean."""
-    if aggregation == "dv":
-        return dv_aggregate(units, temperature)
-    if aggregation in ("mean", "group"):
-        return dv_aggregate(units, None)
-    raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
-
-
-def sample_weights(unit_weights: Tensor, unit_sample_index: Tensor, batch_size: int) -> Tensor:
-    """Total weight each sample receives from its units (for token-level losses: the sum over its tokens)."""
-    return unit_weights.new_zeros(batch_size).index_add(
-        0, unit_sample_index.to(unit_weights.device), unit_weights
-    )
-
-
-def unit_weights(units: Tensor, aggregation: str, temperature: float | None = None) -> Tensor:
-    """The distribution over units the aggregation puts (uniform for mean/group over the units it saw)."""
-    return dro_weights(units, temperature if aggregation == "dv" else None)

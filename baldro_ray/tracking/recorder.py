@@ -32,7 +32,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from packaging.version import Version
 
-from baldro_ray.config import ConfigError, RunConfig, TrackingConfig, dump_config, flatten_config
+from baldro_ray.config import (
+    ConfigError,
+    RunConfig,
+    TrackingConfig,
+    dro_settings_in_use,
+    dump_config,
+    flatten_config,
+)
 
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
@@ -258,9 +265,9 @@ class RunRecorder:
         for begin in range(0, len(params), _PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=params[begin : begin + _PARAMS_PER_BATCH])
         self.client.log_text(self.run_id, dump_config(config), "config.yaml")
-        dro = config.method.dro
-        tags = {"method": config.method.name, "dro": dro.type}
-        tags |= {"temperature": str(dro.temperature), "sampling_ratio": str(dro.sampling_ratio)}
+        dro = dro_settings_in_use(config.method.dro)
+        tags = {"method": config.method.name, "dro": dro["type"]}
+        tags |= {key: str(dro[key]) for key in ("temperature", "sampling_ratio") if key in dro}
         if commit := git_commit():
             tags |= {"git_commit": commit, "mlflow.source.git.commit": commit}
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])

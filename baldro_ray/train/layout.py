@@ -38,11 +38,12 @@ class StepLayout:
         start = micro * self.world_size * self.per_device_batch_size + rank * self.per_device_batch_size
         return np.arange(start, min(start + self.per_device_batch_size, num_in_step), dtype=np.int64)
 
-    def scope_group(self, position: int, scope: str) -> int:
-        """The DRO group of a position: 0 for the global scope; one group per (micro-step, rank) for local."""
+    def dro_batch(self, position: int, scope: str) -> int:
+        """The DRO batch of a position (the units one aggregation sees): 0 for the global scope; one per
+        (micro-step, rank) for local."""
         return 0 if scope == "global" else position // self.per_device_batch_size
 
-    def num_groups(self, num_in_step: int, scope: str) -> int:
+    def num_dro_batches(self, num_in_step: int, scope: str) -> int:
         return 1 if scope == "global" else math.ceil(num_in_step / self.per_device_batch_size)
 
 

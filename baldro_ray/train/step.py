@@ -1,10 +1,10 @@
 """One BalDRO optimizer step over data-parallel ranks with exact global (or per-micro-batch) DRO aggregation.
 
-The objective of a step is ``L = mean over DRO groups g of (gamma * F_g + alpha * R_g)``: one group for
+The objective of a step is ``L = mean over DRO batches b of (gamma * F_b + alpha * R_b)``: one DRO batch for
 ``scope=global`` (the whole global batch of all ranks and micro-steps), one per (micro-step, rank) for ``local``
-(the reference's behaviour). ``F_g`` aggregates the forget units of the group (mean, BalDRO-G, BalDRO-DV) and
-``R_g`` is the retain loss of the group. Ranks exchange only per-unit scalars (all-gather), every rank computes the
-same weights from them, and back-propagates the surrogate ``W/n_groups * sum_u (gamma w_u l_u + alpha v_u r_u)``
+(the reference's behaviour). ``F_b`` aggregates the forget units of the DRO batch (mean, BalDRO-G, BalDRO-DV) and
+``R_b`` is its retain loss. Ranks exchange only per-unit scalars (all-gather), every rank computes the
+same weights from them, and back-propagates the surrogate ``W/n_dro_batches * sum_u (gamma w_u l_u + alpha v_u r_u)``
 over its own units; data-parallel gradient averaging then yields exactly ``grad L``. Positions, not ranks, order the
 gathered values, so the update does not depend on the number of workers.
 """
@@ -22,16 +22,13 @@ from torch import Tensor
 
 from baldro_ray.objectives import (
     IGNORE_INDEX,
+    Aggregation,
     ForgetBatch,
-    aggregate_units,
-    dro_weights,
-    dv_aggregate,
     g_hardness,
     get_forget_loss,
     group_select,
     kl_per_position,
     token_nll,
-    unit_weights,
 )
 from baldro_ray.train.layout import StepLayout
 
@@ -74,15 +71,13 @@ class StepConfig:
 
     forget_loss: str
     hyperparameters: dict[str, float]
-    aggregation: str
-    temperature: float | None
-    sampling_ratio: float
+    aggregation: Aggregation  # of the forget units
+    retain_aggregation: Aggregation | None  # None: no retain DRO (the retain units are averaged)
     scope: str
     gamma: float
     alpha: float
     retain_loss_type: str | None  # None: forget-only method (GA)
     retain_reduction: str
-    retain_dro: bool
     seed: int
 
 
@@ -167,11 +162,11 @@ class _Units:
         if len(micro.forget_positions):
             logits, labels = outputs.pop(0)
             tokens = token_nll(logits, labels)
-            spec = get_forget_loss(cfg.forget_loss)
+            loss = get_forget_loss(cfg.forget_loss)
             batch = ForgetBatch(tokens, micro.forget.get("ref_nll_sum"))
             self.forget, self.forget_row = (
-                spec.units(batch, cfg.hyperparameters),
-                spec.unit_sample_index(batch),
+                loss.units(batch, cfg.hyperparameters),
+                loss.unit_sample_index(batch),
             )
             nll_sum, n_tokens = tokens.per_sequence()
             self.avg_nll = (nll_sum.detach() / n_tokens.clamp(min=1)).double()
@@ -184,7 +179,7 @@ class _Units:
                 self.retain_row = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)[0]
             else:
                 tokens = token_nll(logits, labels)
-                if cfg.retain_reduction == "sequence_sum_mean" or cfg.retain_dro:
+                if cfg.retain_reduction == "sequence_sum_mean" or cfg.retain_aggregation is not None:
                     self.retain, self.retain_row = tokens.per_sequence()[0], torch.arange(labels.shape[0])
                 else:
                     self.retain, self.retain_row = tokens.values, tokens.sample_index
@@ -217,8 +212,8 @@ def _select_group(
     exchange: Exchange,
     step_id: int,
 ) -> tuple[list[MicroBatch], dict[int, tuple[float, int]]]:
-    """BalDRO-G: score hardness without gradients, keep the top-k of each DRO group over all ranks, and cut each
-    group's retain rows to ``min(k, n)`` drawn uniformly at random (seeded by seed, step and group)."""
+    """BalDRO-G: score hardness without gradients, keep the top-k of each DRO batch over all ranks, and cut each
+    DRO batch's retain rows to ``min(k, n)`` drawn uniformly at random (seeded by seed, step and DRO batch)."""
     local: dict[int, tuple[float, int]] = {}
     with torch.no_grad():
         for micro in micro_batches:
@@ -229,32 +224,35 @@ def _select_group(
                 local[position] = (h, int(row))
     scored = {p: v for part in exchange.all_gather_object(local) for p, v in part.items()}
     hardness = {p: h for p, (h, _) in scored.items()}
-    groups: dict[int, list[int]] = defaultdict(list)
-    for position in sorted(hardness):
-        groups[layout.scope_group(position, cfg.scope)].append(position)
     forget_keep: set[int] = set()
     retain_keep: set[int] = set()
-    for group, positions in groups.items():
+    for dro_batch, positions in _by_dro_batch(hardness, layout, cfg.scope).items():
         chosen = group_select(
-            torch.tensor([hardness[p] for p in positions], dtype=torch.float64), cfg.sampling_ratio
+            torch.tensor([hardness[p] for p in positions], dtype=torch.float64),
+            cfg.aggregation.sampling_ratio,
         )
         forget_keep.update(positions[i] for i in chosen.tolist())
-        rng = np.random.default_rng([cfg.seed, step_id, group])
+        rng = np.random.default_rng([cfg.seed, step_id, dro_batch])
         retain_keep.update(int(p) for p in rng.choice(positions, size=len(chosen), replace=False))
     return [micro.restrict(forget_keep, retain_keep) for micro in micro_batches], scored
 
 
-def _group_weights(
-    gathered: dict[int, Tensor], layout: StepLayout, scope: str, weigh: Callable[[Tensor], Tensor]
+def _by_dro_batch(values: dict[int, Any], layout: StepLayout, scope: str) -> dict[int, list[int]]:
+    """The positions of ``values``, in order, under the DRO batch each belongs to."""
+    batches: dict[int, list[int]] = defaultdict(list)
+    for position in sorted(values):
+        batches[layout.dro_batch(position, scope)].append(position)
+    return batches
+
+
+def _dro_batch_weights(
+    gathered: dict[int, Tensor], layout: StepLayout, scope: str, aggregation: Aggregation
 ) -> dict[int, Tensor]:
-    """Per position, the weights of its units within its DRO group (summing to 1 over each group)."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for position in sorted(gathered):
-        groups[layout.scope_group(position, scope)].append(position)
+    """Per position, the weights of its units within its DRO batch (summing to 1 over each DRO batch)."""
     weights: dict[int, Tensor] = {}
-    for positions in groups.values():
+    for positions in _by_dro_batch(gathered, layout, scope).values():
         values = torch.cat([gathered[p] for p in positions])
-        w = weigh(values) if values.numel() else values
+        w = aggregation.weights(values) if values.numel() else values
         for position, part in zip(positions, w.split([gathered[p].numel() for p in positions])):
             weights[position] = part
     return weights
@@ -290,13 +288,15 @@ def _surrogate(
     return sum(terms[1:], terms[0]) if terms else None
 
 
-def _group_values(
-    gathered: dict[int, Tensor], layout: StepLayout, scope: str, aggregate: Callable[[Tensor], Tensor]
+def _dro_batch_values(
+    gathered: dict[int, Tensor], layout: StepLayout, scope: str, aggregation: Aggregation
 ) -> list[float]:
-    groups: dict[int, list[Tensor]] = defaultdict(list)
-    for position in sorted(gathered):
-        groups[layout.scope_group(position, scope)].append(gathered[position])
-    return [float(aggregate(torch.cat(parts))) for parts in groups.values() if sum(p.numel() for p in parts)]
+    """The aggregated loss of each DRO batch that has units."""
+    parts = [
+        torch.cat([gathered[p] for p in positions])
+        for positions in _by_dro_batch(gathered, layout, scope).values()
+    ]
+    return [float(aggregation.value(values)) for values in parts if values.numel()]
 
 
 def run_step(
@@ -319,12 +319,12 @@ def run_step(
         [int(p) for m in micro_batches for p in m.forget_positions]
     )
     all_positions = sorted(p for part in gathered_positions for p in part)
-    n_groups = layout.num_groups(len(all_positions), cfg.scope)
+    n_dro_batches = layout.num_dro_batches(len(all_positions), cfg.scope)
     samples: dict[int, dict[str, Any]] = {
         p: {"row": None, "avg_nll": float("nan"), "loss": float("nan")} for p in all_positions
     }
     work = micro_batches
-    if cfg.aggregation == "group":
+    if cfg.aggregation.selects:
         work, scored = _select_group(model, micro_batches, cfg, layout, exchange, step_id)
         for position, (h, row) in scored.items():  # unselected samples keep their gradient-free average NLL
             samples[position].update(row=row, avg_nll=-h)
@@ -343,14 +343,11 @@ def run_step(
         retain_units.update(part["retain"])
     forget_units = {p: v["units"] for p, v in forget_data.items()}
 
-    temperature = cfg.temperature if cfg.aggregation == "dv" else None
-    retain_temperature = cfg.temperature if cfg.retain_dro else None
-    forget_w = _group_weights(
-        forget_units, layout, cfg.scope, lambda v: unit_weights(v, cfg.aggregation, temperature)
-    )
-    retain_w = _group_weights(retain_units, layout, cfg.scope, lambda v: dro_weights(v, retain_temperature))
+    retain_aggregation = cfg.retain_aggregation or Aggregation.mean()
+    forget_w = _dro_batch_weights(forget_units, layout, cfg.scope, cfg.aggregation)
+    retain_w = _dro_batch_weights(retain_units, layout, cfg.scope, retain_aggregation)
 
-    scale = exchange.world_size / n_groups
+    scale = exchange.world_size / n_dro_batches
     for index, micro in enumerate(work):
         unit = units[index] if keep_graph else _Units(cfg, micro, model, ref_model)
         surrogate = _surrogate(unit, micro, forget_w, retain_w, cfg)
@@ -360,16 +357,12 @@ def run_step(
             surrogate = unit.dummy.sum() * 0.0
         backward(surrogate * scale)
 
-    forget_values = _group_values(
-        forget_units, layout, cfg.scope, lambda v: aggregate_units(v, cfg.aggregation, temperature)
-    )
-    retain_values = _group_values(
-        retain_units, layout, cfg.scope, lambda v: dv_aggregate(v, retain_temperature)
-    )
-    forget_value = sum(forget_values) / n_groups
-    retain_value = sum(retain_values) / n_groups if cfg.retain_loss_type else 0.0
+    forget_values = _dro_batch_values(forget_units, layout, cfg.scope, cfg.aggregation)
+    retain_values = _dro_batch_values(retain_units, layout, cfg.scope, retain_aggregation)
+    forget_value = sum(forget_values) / n_dro_batches
+    retain_value = sum(retain_values) / n_dro_batches if cfg.retain_loss_type else 0.0
     for p, v in forget_data.items():
         samples[p] = {"row": v["row"], "avg_nll": v["avg_nll"], "loss": float(v["units"].mean())}
-    weights = {p: float(forget_w[p].sum()) / n_groups if p in forget_w else 0.0 for p in all_positions}
+    weights = {p: float(forget_w[p].sum()) / n_dro_batches if p in forget_w else 0.0 for p in all_positions}
     loss = cfg.gamma * forget_value + (cfg.alpha * retain_value if cfg.retain_loss_type else 0.0)
     return StepResult(loss, forget_value, retain_value, weights, samples)

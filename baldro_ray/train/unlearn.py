@@ -30,19 +30,16 @@ from baldro_ray.train.telemetry import Telemetry, format_progress
 def step_config(run: RunConfig) -> StepConfig:
     """The method settings one step needs."""
     method = run.method
-    spec = get_forget_loss(method.name)
     return StepConfig(
         forget_loss=method.name,
         hyperparameters=method.hyperparameters(),
-        aggregation=method.dro.type,
-        temperature=method.dro.temperature,
-        sampling_ratio=method.dro.sampling_ratio,
+        aggregation=method.dro.aggregation(),
+        retain_aggregation=method.dro.retain_aggregation(),
         scope=method.dro.scope,
         gamma=method.gamma,
         alpha=method.alpha,
-        retain_loss_type=method.retain_loss_type if spec.uses_retain else None,
+        retain_loss_type=method.retain_loss_type if get_forget_loss(method.name).uses_retain else None,
         retain_reduction=method.retain_reduction,
-        retain_dro=method.dro.retain_dro,
         seed=run.trainer.seed,
     )
 

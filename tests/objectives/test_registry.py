@@ -9,14 +9,12 @@ import torch
 
 from baldro_ray.objectives import (
     FORGET_LOSSES,
+    Aggregation,
     ForgetBatch,
-    aggregate_units,
     g_hardness,
     get_forget_loss,
     register_forget_loss,
-    sample_weights,
     token_nll,
-    unit_weights,
 )
 from tests.objectives.reference_math import log_sigmoid, naive_sequence_nll, naive_token_nll, reference_dv
 from tests.objectives.test_nll import padded_batch
@@ -35,7 +33,7 @@ def batch(seed: int = 0) -> tuple[ForgetBatch, list[float], list[int], list[floa
 def test_ga_mean_is_the_reference_batch_token_mean() -> None:
     forget, sums, counts, _ = batch()
     units = get_forget_loss("GA").units(forget, HP)
-    assert float(aggregate_units(units, "mean")) == pytest.approx(-sum(sums) / sum(counts), rel=1e-12)
+    assert float(Aggregation.mean().value(units)) == pytest.approx(-sum(sums) / sum(counts), rel=1e-12)
     assert get_forget_loss("GA").uses_retain is False and get_forget_loss("GradDiff").uses_retain is True
 
 
@@ -44,10 +42,8 @@ def test_npo_dv_equals_reference_drnpo() -> None:
     units = get_forget_loss("NPO").units(forget, HP)
     per_sample = [-(2 / 0.1) * log_sigmoid(-0.1 * (r - s)) for s, r in zip(sums, ref)]
     assert units.tolist() == pytest.approx(per_sample, rel=1e-12)
-    assert float(aggregate_units(units, "dv", -1.0)) == pytest.approx(
-        reference_dv(per_sample, 1.0), rel=1e-12
-    )
-    assert float(aggregate_units(units, "mean")) == pytest.approx(sum(per_sample) / 3, rel=1e-12)
+    assert float(Aggregation.dv(-1.0).value(units)) == pytest.approx(reference_dv(per_sample, 1.0), rel=1e-12)
+    assert float(Aggregation.mean().value(units)) == pytest.approx(sum(per_sample) / 3, rel=1e-12)
 
 
 def test_simnpo_units_use_average_nll() -> None:
@@ -63,12 +59,11 @@ def test_satimp_is_token_level_and_drsatimp_applies_dv_to_tokens() -> None:
     ce = naive_token_nll(logits.tolist(), labels.tolist())
     tokens = [-(math.exp(-c) ** 5) * (1 - math.exp(-c)) * c for c in ce]
     units = get_forget_loss("SatImp").units(forget, HP)
-    assert float(aggregate_units(units, "mean")) == pytest.approx(sum(tokens) / len(tokens), rel=1e-12)
-    assert float(aggregate_units(units, "dv", -2.0)) == pytest.approx(reference_dv(tokens, 2.0), rel=1e-12)
-    per_sample = sample_weights(
-        unit_weights(units, "dv", -2.0), get_forget_loss("SatImp").unit_sample_index(forget), 3
-    )
-    assert float(per_sample.sum()) == pytest.approx(1.0) and per_sample.shape == (3,)
+    assert float(Aggregation.mean().value(units)) == pytest.approx(sum(tokens) / len(tokens), rel=1e-12)
+    assert float(Aggregation.dv(-2.0).value(units)) == pytest.approx(reference_dv(tokens, 2.0), rel=1e-12)
+    weights = Aggregation.dv(-2.0).weights(units)
+    want = [math.exp(-t / 2.0) for t in tokens]
+    assert weights.tolist() == pytest.approx([w / sum(want) for w in want], rel=1e-12)
 
 
 def test_g_hardness_is_minus_average_nll() -> None:
@@ -90,7 +85,7 @@ def test_unknown_method_suggests_the_closest() -> None:
     with pytest.raises(ValueError, match="did you mean 'SimNPO'"):
         get_forget_loss("SimNPo")
     with pytest.raises(ValueError, match="unknown aggregation"):
-        aggregate_units(torch.ones(2), "worst")
+        Aggregation("worst")  # type: ignore[arg-type]
 
 
 def test_users_can_register_a_forget_loss() -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama
-from baldro_ray.objectives import dv_aggregate
+from baldro_ray.objectives import Aggregation, dv_aggregate
 from benchmarks.reference_style import (
     add_reference_nll,
     compare_with_run_step,
@@ -76,7 +76,7 @@ def test_one_micro_batch_gives_our_loss_and_gradient(
         {"retain_loss_type": "KL"},
         {"retain_reduction": "sequence_sum_mean"},
         {"retain_loss_type": None, "forget_loss": "GA"},
-        {"sampling_ratio": 0.3, "aggregation": "group"},
+        {"aggregation": Aggregation.group(0.3)},
     ],
     ids=["kl-retain", "sequence-sum-retain", "ga-forget-only", "g-ratio-0.3"],
 )

@@ -14,7 +14,7 @@ import torch
 
 from baldro_ray.data.render import TEMPLATES, encode_qa, pad_batch
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokenizer
-from baldro_ray.objectives import sequence_nll, token_nll
+from baldro_ray.objectives import Aggregation, sequence_nll, token_nll
 from baldro_ray.train.layout import StepLayout
 from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig, run_step
 
@@ -53,19 +53,19 @@ def setup() -> dict[str, Any]:
     return {"model": model, "ref_model": ref_model, "forget": forget, "retain": retain}
 
 
-def step_config(**kw: Any) -> StepConfig:
+def step_config(
+    aggregation: str = "mean", temperature: float | None = -1.0, sampling_ratio: float = 0.5, **kw: Any
+) -> StepConfig:
     base = {
         "forget_loss": "NPO",
         "hyperparameters": HP,
-        "aggregation": "mean",
-        "temperature": -1.0,
-        "sampling_ratio": 0.5,
+        "aggregation": Aggregation.of(aggregation, temperature, sampling_ratio),
+        "retain_aggregation": None,
         "scope": "global",
         "gamma": 1.0,
         "alpha": 1.0,
         "retain_loss_type": "NLL",
         "retain_reduction": "token_mean",
-        "retain_dro": False,
         "seed": 0,
     }
     return StepConfig(**{**base, **kw})
@@ -95,8 +95,8 @@ def direct_objective(
         units = -(p ** HP["beta1"]) * (1 - p) ** HP["beta2"] * tokens.values
     else:
         units = -tokens.values
-    if cfg.aggregation == "dv":
-        t = cfg.temperature
+    if cfg.aggregation.type == "dv":
+        t = cfg.aggregation.temperature
         forget = t * (torch.logsumexp(units / t, 0) - math.log(units.numel()))
     else:
         forget = units.mean()
