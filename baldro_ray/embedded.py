@@ -125,7 +125,7 @@ def prepare_embedded(
 
 def memorisation_report(assets: EmbeddedAssets, max_length: int) -> dict[str, dict[str, float]]:
     """Mean answer probability of the target and retain models on forget/retain/holdout, and on the forget
-    split's hard and easy groups: the gap between target and retain on forget is what unlearning must close."""
+    split's hard and easy authors: the gap between target and retain on forget is what unlearning must close."""
     import numpy as np
 
     from baldro_ray.eval.inference import LocalInference, Score
@@ -134,8 +134,11 @@ def memorisation_report(assets: EmbeddedAssets, max_length: int) -> dict[str, di
 
     retain_split = RETAIN_OF_FORGET[assets.forget_split]
     holdout_split = assets.forget_split.replace("forget", "holdout")
-    groups = np.array(
-        [row["group"] for row in read_records(assets.data_dir / f"{assets.forget_split}_difficulty.json")]
+    difficulty = np.array(
+        [
+            row["difficulty"]
+            for row in read_records(assets.data_dir / f"{assets.forget_split}_difficulty.json")
+        ]
     )
     requests = {
         split: [
@@ -152,10 +155,10 @@ def memorisation_report(assets: EmbeddedAssets, max_length: int) -> dict[str, di
             for split, split_requests in requests.items()
         }
         report[role] = {split: float(p.mean()) for split, p in probs.items()}
-        for group in ("hard", "easy"):
-            if (groups == group).any():
-                report[role][f"{assets.forget_split}[{group}]"] = float(
-                    probs[assets.forget_split][groups == group].mean()
+        for label in ("hard", "easy"):
+            if (difficulty == label).any():
+                report[role][f"{assets.forget_split}[{label}]"] = float(
+                    probs[assets.forget_split][difficulty == label].mean()
                 )
     return report
 

@@ -84,10 +84,10 @@ def _micro_losses(
     retain: Batch | None,
     cfg: StepConfig,
     step_id: int,
-    group: int,
+    dro_batch: int,
 ) -> tuple[Tensor, Tensor | None]:
     """``(F, R)`` of one micro-batch (``R`` None for forget-only methods), graphs attached."""
-    spec = get_forget_loss(cfg.forget_loss)
+    forget_fn = get_forget_loss(cfg.forget_loss)
     if cfg.aggregation.selects:
         scored = token_nll(_logits(model, forget), forget["labels"])  # with gradients, as the reference does
         chosen = group_select(g_hardness(scored), cfg.aggregation.sampling_ratio).cpu()
@@ -95,16 +95,16 @@ def _micro_losses(
         forget = _rows(forget, chosen)
         if retain is not None:
             rows = retain["input_ids"].shape[0]
-            drawn = np.random.default_rng([cfg.seed, step_id, group]).choice(
+            drawn = np.random.default_rng([cfg.seed, step_id, dro_batch]).choice(
                 rows, size=min(len(chosen), rows), replace=False
             )
             retain = _rows(retain, torch.from_numpy(np.sort(drawn)))
     ref_nll_sum = None
-    if spec.needs_reference:
+    if forget_fn.needs_reference:
         with torch.no_grad():
             ref_nll_sum, _ = sequence_nll(_logits(ref_model, forget), forget["labels"])
     tokens = token_nll(_logits(model, forget), forget["labels"])
-    units = spec.units(ForgetBatch(tokens, ref_nll_sum), cfg.hyperparameters)
+    units = forget_fn.units(ForgetBatch(tokens, ref_nll_sum), cfg.hyperparameters)
     forget_loss = reference_dv(units, cfg.aggregation.temperature)
     if cfg.retain_loss_type is None or retain is None:
         return forget_loss, None
@@ -133,8 +133,8 @@ def reference_style_step(
         raise ValueError(f"{cfg.forget_loss} with retain {cfg.retain_loss_type} needs ref_model")
     n = len(micro_batches)
     total = forget_total = retain_total = 0.0
-    for group, (forget, retain) in enumerate(micro_batches):
-        forget_loss, retain_loss = _micro_losses(model, ref_model, forget, retain, cfg, step_id, group)
+    for dro_batch, (forget, retain) in enumerate(micro_batches):
+        forget_loss, retain_loss = _micro_losses(model, ref_model, forget, retain, cfg, step_id, dro_batch)
         loss = cfg.gamma * forget_loss + (0.0 if retain_loss is None else cfg.alpha * retain_loss)
         backward(loss / n)
         total += float(loss.detach()) / n

@@ -54,6 +54,8 @@ def test_encoding_error_surfaces_before_training(ray_cluster, tmp_path: Path) ->
     ]
     with pytest.raises(EncodingError, match=r"forget\.json, row 1 \(0-based\), field 'answer'"):
         qa_dataset(rows, str(path), TEMPLATES["tiny"], 32, "forget.json")
-    dataset = qa_dataset(rows[:1], str(path), TEMPLATES["tiny"], 32, "forget.json", {"group": ["hard"]})
+    dataset = qa_dataset(rows[:1], str(path), TEMPLATES["tiny"], 32, "forget.json", {"difficulty": ["hard"]})
     (row,) = dataset.take_all()
-    assert row["index"] == 0 and row["group"] == "hard" and row["input_ids"][-1] == tokenizer.eos_token_id
+    assert (
+        row["index"] == 0 and row["difficulty"] == "hard" and row["input_ids"][-1] == tokenizer.eos_token_id
+    )

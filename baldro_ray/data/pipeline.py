@@ -70,7 +70,7 @@ def qa_dataset(
 ) -> Any:
     """A materialised Ray Dataset of tokenised QA rows; ``index`` is each row's position in ``rows``.
 
-    ``extra_columns`` (e.g. ``ref_nll_sum``, ``group``) are carried along row by row.
+    ``extra_columns`` (e.g. ``ref_nll_sum``, ``difficulty``) are carried along row by row.
     """
     import ray.data
 

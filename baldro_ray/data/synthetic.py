@@ -19,11 +19,11 @@ TOFU files (JSON Lines named ``.json``; keys in TOFU's order, never an extra key
 
 Sidecars (JSON Lines too):
 
-* ``forgetXX_difficulty``: row i describes row i of forgetXX: index, full_index, author, group
+* ``forgetXX_difficulty``: row i describes row i of forgetXX: index, full_index, author, difficulty
   ("hard"/"easy"), repeat. Counted from the last author, the last k authors always hold exactly
   ``round_half_up(k * hard_fraction)`` hard ones, so every forget split gets the requested fraction.
 * ``authors``: one row per author: index, author, source ("full"/"holdout"), first_row (in full, resp.
-  holdout_all), num_rows, forget_splits, group ("hard"/"easy" for forget10's authors, else null), repeat
+  holdout_all), num_rows, forget_splits, difficulty ("hard"/"easy" for forget10's authors, else null), repeat
   (copies in finetune_mix; 0 for holdout authors).
 * ``holdout_all``: QA of every holdout author (holdout10 unless ``num_holdout_authors`` asks for more).
 * ``finetune_mix`` (question, answer): the target model's training data: each row of ``full`` ``repeat``
@@ -359,17 +359,17 @@ class _Generator:
         return rows
 
 
-def _difficulty_groups(num_authors: int, num_forget: int, fraction: float) -> list[str | None]:
-    """Group of each author of ``full``: None outside forget10, else "hard"/"easy".
+def _author_difficulty(num_authors: int, num_forget: int, fraction: float) -> list[str | None]:
+    """Difficulty of each author of ``full``: None outside forget10, else "hard"/"easy".
 
     The j-th author from the end (1-based) is hard iff round_half_up(j * fraction) grows at j, so the last k
     authors hold exactly round_half_up(k * fraction) hard ones, for every forget split at once.
     """
-    groups: list[str | None] = [None] * num_authors
+    difficulty: list[str | None] = [None] * num_authors
     for j in range(1, num_forget + 1):
         hard = round_half_up(j * fraction) > round_half_up((j - 1) * fraction)
-        groups[num_authors - j] = "hard" if hard else "easy"
-    return groups
+        difficulty[num_authors - j] = "hard" if hard else "easy"
+    return difficulty
 
 
 def generate_benchmark(config: SyntheticConfig) -> dict[str, Rows]:
@@ -384,9 +384,9 @@ def generate_benchmark(config: SyntheticConfig) -> dict[str, Rows]:
     qas = [qa for author in authors for qa in gen.author_qa(author, per_author)]
     holdout = [qa.plain() for author in holdout_authors for qa in gen.author_qa(author, per_author)]
     world, famous = gen.world_facts(config.num_world_facts), gen.real_authors(config.num_real_authors)
-    groups = _difficulty_groups(num_authors, counts["forget10"], config.hard_fraction)
-    repeats = [config.hard_repeat if g == "hard" else 1 for g in groups] + [0] * len(holdout_authors)
-    groups += [None] * len(holdout_authors)
+    difficulty = _author_difficulty(num_authors, counts["forget10"], config.hard_fraction)
+    repeats = [config.hard_repeat if g == "hard" else 1 for g in difficulty] + [0] * len(holdout_authors)
+    difficulty += [None] * len(holdout_authors)
 
     full = [qa.plain() for qa in qas]
     first_forget_row = {split: (num_authors - k) * per_author for split, k in counts.items()}
@@ -407,7 +407,7 @@ def generate_benchmark(config: SyntheticConfig) -> dict[str, Rows]:
                 "index": i - start,
                 "full_index": i,
                 "author": authors[i // per_author]["name"],
-                "group": groups[i // per_author],
+                "difficulty": difficulty[i // per_author],
                 "repeat": repeats[i // per_author],
             }
             for i in range(start, len(full))
@@ -420,7 +420,7 @@ def generate_benchmark(config: SyntheticConfig) -> dict[str, Rows]:
             "first_row": (a if a < num_authors else a - num_authors) * per_author,
             "num_rows": per_author,
             "forget_splits": [s for s, k in counts.items() if num_authors - k <= a < num_authors],
-            "group": groups[a],
+            "difficulty": difficulty[a],
             "repeat": repeats[a],
         }
         for a, author in enumerate(authors + holdout_authors)

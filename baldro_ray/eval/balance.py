@@ -9,7 +9,7 @@ model ``t`` (before unlearning) and the retain model ``r`` (never saw the forget
 * over-forgotten: ``v_m`` below the retain model's 10th percentile.
 
 Over the forget set: mean, standard deviation and interquartile range of the progress, and the two fractions, also
-per ground-truth difficulty group when the benchmark records one.
+per ground-truth difficulty label (hard/easy) when the benchmark records one.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def balance_report(
     model: Sequence[float],
     target: Sequence[float],
     retain: Sequence[float],
-    groups: Sequence[str] | None = None,
+    difficulty: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The balance summary over the forget set and, with ``groups``, per group (``by_group``)."""
+    """The balance summary over the forget set and, with ``difficulty`` labels, per label (``by_difficulty``)."""
     progress = forgetting_progress(model, target, retain)
     m, r = np.asarray(model, dtype=np.float64), np.asarray(retain, dtype=np.float64)
     high, low = np.percentile(r, 90), np.percentile(r, 10)
@@ -75,12 +75,14 @@ def balance_report(
         "memorised_above": high,
         "over_forgotten_below": low,
     }
-    if groups is not None:
-        labels = np.asarray(groups, dtype=object)
+    if difficulty is not None:
+        labels = np.asarray(difficulty, dtype=object)
         if labels.size != m.size:
-            raise ValueError(f"groups has {labels.size} labels; expected {m.size} (one per forget sample)")
-        report["by_group"] = {
-            str(g): _summary(progress[labels == g], m[labels == g], high, low)
-            for g in sorted(set(labels.tolist()))
+            raise ValueError(
+                f"difficulty has {labels.size} labels; expected {m.size} (one per forget sample)"
+            )
+        report["by_difficulty"] = {
+            str(d): _summary(progress[labels == d], m[labels == d], high, low)
+            for d in sorted(set(labels.tolist()))
         }
     return report

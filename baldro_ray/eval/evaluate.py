@@ -44,7 +44,7 @@ class EvalPlan:
     dtype: str | None
     settings: EvaluationConfig
     cache_dir: Path
-    groups: tuple[str, ...] | None  # ground-truth difficulty group of each forget row
+    difficulty: tuple[str, ...] | None  # ground-truth difficulty label of each forget row
     retain_model: str | None
     retain_logs: dict[str, Any] | None
 
@@ -111,10 +111,10 @@ def plan_evaluation(
                 f"evaluation needs the {benchmark} subset {subset!r}: {err}\n"
                 "(set evaluation.enabled=false to unlearn without evaluating)"
             ) from None
-    groups = None
+    difficulty = None
     sidecar = Path(location) / f"{data.forget_split}_difficulty.json"
     if benchmark == "TOFU" and sidecar.is_file():
-        groups = tuple(str(row["group"]) for row in read_records(sidecar))
+        difficulty = tuple(str(row["difficulty"]) for row in read_records(sidecar))
     return EvalPlan(
         benchmark,
         source,
@@ -126,7 +126,7 @@ def plan_evaluation(
         config.trainer.dtype,
         settings,
         Path(config.embedded.cache_dir).expanduser() / "evals",
-        groups,
+        difficulty,
         retain,
         retain_logs,
     )
@@ -223,13 +223,15 @@ def _probs(result: Mapping[str, Any]) -> list[float] | None:
 def forgetting_balance(
     plan: EvalPlan, result: Mapping[str, Any], target: Mapping[str, Any], retain: Mapping[str, Any] | None
 ) -> dict[str, Any] | None:
-    """Balance of the forget answer probabilities between the target and retain models, by difficulty group
+    """Balance of the forget answer probabilities between the target and retain models, by difficulty
     when the benchmark records them; None without a retain reference (or on MUSE)."""
     values = [_probs(r) for r in (result, target, retain or {})]
     if any(v is None for v in values):
         return None
-    groups = plan.groups if plan.groups is not None and len(plan.groups) == len(values[0]) else None
-    return balance_report(*values, groups=groups)
+    labels = (
+        plan.difficulty if plan.difficulty is not None and len(plan.difficulty) == len(values[0]) else None
+    )
+    return balance_report(*values, difficulty=labels)
 
 
 def summarise(
@@ -245,8 +247,8 @@ def summarise(
     for key, value in (balance or {}).items():
         if isinstance(value, (int, float)):
             out[f"balance/{key}"] = float(value)
-    for group, part in (balance or {}).get("by_group", {}).items():
-        out.update({f"balance/{group}/{k}": float(v) for k, v in part.items()})
+    for label, part in (balance or {}).get("by_difficulty", {}).items():
+        out.update({f"balance/{label}/{k}": float(v) for k, v in part.items()})
     return out
 
 

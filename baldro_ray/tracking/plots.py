@@ -67,18 +67,20 @@ def _no_data(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def forgetting_curves(trajectory: pa.Table | Path, groups: Mapping[int, str] | None, out: Path) -> Path:
-    """Each forget sample's answer probability ``exp(-avg_nll)`` against the optimizer step, coloured by group.
+def plot_forgetting_curves(
+    trajectory: pa.Table | Path, difficulty: Mapping[int, str] | None, out: Path
+) -> Path:
+    """Each forget sample's answer probability ``exp(-avg_nll)`` against the optimizer step, coloured by difficulty.
 
     One thin line per sample through the steps it was scored at (a sample is in one batch per epoch), and per
-    group a thick line through its per-epoch medians. Samples missing from ``groups`` are ``unlabelled``;
+    label a thick line through its per-epoch medians. Samples missing from ``difficulty`` are ``unlabelled``;
     rows with a non-finite ``avg_nll`` are left out.
     """
     data = _columns(trajectory, ("epoch", "step", "avg_nll"))
     finite = np.isfinite(data["avg_nll"])
     ids, epochs, steps = data["sample_id"][finite], data["epoch"][finite], data["step"][finite]
     prob = np.exp(-data["avg_nll"][finite])
-    labels = np.array([(groups or {}).get(int(i)) or UNLABELLED for i in ids], dtype=object)
+    labels = np.array([(difficulty or {}).get(int(i)) or UNLABELLED for i in ids], dtype=object)
     names = sorted(set(labels), key=lambda g: (g == UNLABELLED, g))
     colours = {g: "grey" if g == UNLABELLED else _PALETTE[k % len(_PALETTE)] for k, g in enumerate(names)}
 
@@ -94,7 +96,7 @@ def forgetting_curves(trajectory: pa.Table | Path, groups: Mapping[int, str] | N
             curves.append(np.column_stack([steps[rows], prob[rows]]))
         ax.add_collection(LineCollection(curves, colors=colours[name], linewidths=0.6, alpha=0.35))
         ax.scatter(steps[mine], prob[mine], s=4, color=colours[name], alpha=0.5, linewidths=0)
-        # Per epoch, not per step: every sample is scored once an epoch, so each median covers the whole group.
+        # Per epoch, not per step: every sample is scored once an epoch, so each median covers the whole label.
         medians = [
             (np.median(steps[mine & (epochs == e)]), np.median(prob[mine & (epochs == e)]))
             for e in np.unique(epochs[mine])
@@ -119,7 +121,7 @@ def forgetting_curves(trajectory: pa.Table | Path, groups: Mapping[int, str] | N
     return save_figure(figure, out)
 
 
-def dro_weights(trajectory: pa.Table | Path, out: Path) -> Path:
+def plot_dro_weights(trajectory: pa.Table | Path, out: Path) -> Path:
     """Per epoch, box plots of ``dro_weight * batch size`` (1.0 = uniform): box 25-75 %, whiskers 10-90 %.
 
     The batch size at a step is the number of real samples (sample_id != -1) with that step.
@@ -165,7 +167,7 @@ def _series(rows: Sequence[Mapping[str, float]], key: str, log: bool = False) ->
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def epoch_metrics(rows: Sequence[Mapping[str, float]], out: Path) -> Path:
+def plot_epoch_metrics(rows: Sequence[Mapping[str, float]], out: Path) -> Path:
     """Two panels against the epoch: log10 ``forget_quality`` and ``model_utility``; best ``score`` marked.
 
     Every row needs ``epoch``; a missing or non-finite metric is skipped (a panel without any says so).

@@ -37,22 +37,22 @@ def open_recorder(
 
 
 def write_plots(
-    folder: Path, evaluations: Sequence[Mapping[str, float]], groups: Sequence[str] | None
+    folder: Path, evaluations: Sequence[Mapping[str, float]], difficulty: Sequence[str] | None
 ) -> Path:
-    """The run's PNG plots into ``folder/plots``: forgetting curves by difficulty group, DRO weights over time,
+    """The run's PNG plots into ``folder/plots``: forgetting curves by difficulty, DRO weights over time,
     and (when evaluated) forget quality and utility per epoch."""
     out = folder / PLOTS_DIR
     out.mkdir(exist_ok=True)
     trajectory = folder / TRAJECTORY_FILE
-    labels = None if groups is None else dict(enumerate(groups))
-    plots.forgetting_curves(trajectory, labels, out / "forgetting_curves.png")
-    plots.dro_weights(trajectory, out / "dro_weights.png")
+    labels = None if difficulty is None else dict(enumerate(difficulty))
+    plots.plot_forgetting_curves(trajectory, labels, out / "forgetting_curves.png")
+    plots.plot_dro_weights(trajectory, out / "dro_weights.png")
     if evaluations:
         rows = [
             {"epoch": e["epoch"], **{key: e[f"eval/{key}"] for key in _EPOCH_PLOT_KEYS if f"eval/{key}" in e}}
             for e in evaluations
         ]
-        plots.epoch_metrics(rows, out / "epoch_metrics.png")
+        plots.plot_epoch_metrics(rows, out / "epoch_metrics.png")
     return out
 
 

@@ -162,11 +162,11 @@ class _Units:
         if len(micro.forget_positions):
             logits, labels = outputs.pop(0)
             tokens = token_nll(logits, labels)
-            loss = get_forget_loss(cfg.forget_loss)
+            forget_fn = get_forget_loss(cfg.forget_loss)
             batch = ForgetBatch(tokens, micro.forget.get("ref_nll_sum"))
             self.forget, self.forget_row = (
-                loss.units(batch, cfg.hyperparameters),
-                loss.unit_sample_index(batch),
+                forget_fn.units(batch, cfg.hyperparameters),
+                forget_fn.unit_sample_index(batch),
             )
             nll_sum, n_tokens = tokens.per_sequence()
             self.avg_nll = (nll_sum.detach() / n_tokens.clamp(min=1)).double()

@@ -43,7 +43,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i])
 
 
-def pareto_plot(points: Sequence[ParetoPoint], forget_label: str, log_forget: bool, out: Path) -> Path:
+def plot_pareto(points: Sequence[ParetoPoint], forget_label: str, log_forget: bool, out: Path) -> Path:
     """All trials, the front highlighted and joined, reference-grid points marked; written atomically to ``out``."""
     front = set(pareto_front([(p.forget, p.utility) for p in points]))
     figure = Figure(figsize=(7, 5))

@@ -17,7 +17,7 @@ from typing import Any
 from baldro_ray.atomic import copy_dir, copy_file, write_json, write_text
 from baldro_ray.config import RunConfig, dump_config
 from baldro_ray.run_folder import BEST_MODEL_DIR, CONFIG_FILE, MODEL_DIR, SCORE_KEY, SUMMARY_FILE, RunSummary
-from baldro_ray.tune.pareto import ParetoPoint, pareto_front, pareto_plot
+from baldro_ray.tune.pareto import ParetoPoint, pareto_front, plot_pareto
 from baldro_ray.tune.space import Sweep, trial_settings
 from baldro_ray.tune.trial import TRIALS_DIR
 
@@ -136,7 +136,7 @@ def write_pareto(rows: Sequence[TrialRow], sweep: Sweep, out: Path) -> tuple[Pat
         )
         for row in evaluated
     ]
-    pareto_plot(points, "forget quality (KS p-value)" if tofu else "forget term", tofu, out)
+    plot_pareto(points, "forget quality (KS p-value)" if tofu else "forget term", tofu, out)
     front = pareto_front([(p.forget, p.utility) for p in points])
     return out, [evaluated[i].trial_id for i in front]
 

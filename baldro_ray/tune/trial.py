@@ -140,7 +140,7 @@ def _evaluate_epoch(
         collect_checkpoint(Path(checkpoint), folder)
         models = {epoch: Path(checkpoint) / MODEL_DIR}
         state["evaluations"] = evaluate_epochs(plan, refs, models, folder, state["evaluations"], log=print)
-    write_plots(folder, state["evaluations"], plan.groups)
+    write_plots(folder, state["evaluations"], plan.difficulty)
     train = {k: v for k, v in result.metrics.items() if k.startswith("train/")}
     mlflow = None if recorder is None else {"tracking_uri": recorder.uri, "run_id": recorder.run_id}
     best = best_epoch(state["evaluations"])

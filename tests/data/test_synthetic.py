@@ -236,7 +236,7 @@ def test_world_and_real_authors_never_mention_fictitious_authors(tofu_sized: dic
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.8, 1.0])
-def test_difficulty_groups_follow_hard_fraction(fraction: float) -> None:
+def test_difficulty_follows_hard_fraction(fraction: float) -> None:
     config = SyntheticConfig(
         num_authors=200,
         qa_per_author=2,
@@ -249,21 +249,21 @@ def test_difficulty_groups_follow_hard_fraction(fraction: float) -> None:
     for split, authors in config.forget_author_counts().items():
         rows = tables[f"{split}_difficulty"]
         assert len(rows) == len(tables[split])
-        groups = {row["author"]: row["group"] for row in rows}
-        assert sum(group == "hard" for group in groups.values()) == round_half_up(authors * fraction)
+        labels = {row["author"]: row["difficulty"] for row in rows}
+        assert sum(label == "hard" for label in labels.values()) == round_half_up(authors * fraction)
         for i, row in enumerate(rows):
             assert row["index"] == i
             assert tables["full"][row["full_index"]] == tables[split][i]
             assert row["author"] == tables["authors"][row["full_index"] // config.qa_per_author]["author"]
-            assert row["repeat"] == (3 if row["group"] == "hard" else 1)
-            assert row["group"] in ("hard", "easy")
+            assert row["repeat"] == (3 if row["difficulty"] == "hard" else 1)
+            assert row["difficulty"] in ("hard", "easy")
     retain_only = [row for row in tables["authors"] if row["source"] == "full" and not row["forget_splits"]]
-    assert all(row["group"] is None and row["repeat"] == 1 for row in retain_only)
+    assert all(row["difficulty"] is None and row["repeat"] == 1 for row in retain_only)
 
 
 def test_default_config_mixes_hard_and_easy_forget_authors(bench: dict[str, Any]) -> None:
-    groups = Counter(row["group"] for row in bench["forget10_difficulty"][::20])
-    assert groups == {"hard": 2, "easy": 2}
+    labels = Counter(row["difficulty"] for row in bench["forget10_difficulty"][::20])
+    assert labels == {"hard": 2, "easy": 2}
 
 
 def test_finetune_mix_repeats_hard_rows(bench: dict[str, Any]) -> None:
@@ -273,7 +273,7 @@ def test_finetune_mix_repeats_hard_rows(bench: dict[str, Any]) -> None:
     repeat_of_row = {row["full_index"]: row["repeat"] for row in bench["forget10_difficulty"]}
     for i, pair in enumerate(qa_pairs(full)):
         assert counts[pair] == repeat_of_row.get(i, 1)
-    hard_rows = [r for r in bench["forget10_difficulty"] if r["group"] == "hard"]
+    hard_rows = [r for r in bench["forget10_difficulty"] if r["difficulty"] == "hard"]
     assert hard_rows and all(
         counts[qa_pairs([full[r["full_index"]]])[0]] == config.hard_repeat for r in hard_rows
     )

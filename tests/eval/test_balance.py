@@ -22,8 +22,8 @@ def test_progress_is_the_fraction_of_the_gap_closed() -> None:
     assert progress[4] == pytest.approx(0.25)
 
 
-def test_report_over_the_set_and_by_group() -> None:
-    report = balance_report(MODEL, TARGET, RETAIN, groups=["hard", "easy", "easy", "hard", "hard"])
+def test_report_over_the_set_and_by_difficulty() -> None:
+    report = balance_report(MODEL, TARGET, RETAIN, difficulty=["hard", "easy", "easy", "hard", "hard"])
     defined = [0.5, 1.0, 1.125, 0.25]
     mean = sum(defined) / 4
     assert report["progress_mean"] == pytest.approx(mean)
@@ -36,7 +36,7 @@ def test_report_over_the_set_and_by_group() -> None:
     ] == pytest.approx(0.1)
     assert report["still_memorised"] == pytest.approx(1 / 5)  # only 0.5 > 0.48
     assert report["over_forgotten"] == pytest.approx(1 / 5)  # only 0.0 < 0.1
-    hard, easy = report["by_group"]["hard"], report["by_group"]["easy"]
+    hard, easy = report["by_difficulty"]["hard"], report["by_difficulty"]["easy"]
     assert hard["n"] == 3 and hard["progress_mean"] == pytest.approx((0.5 + 0.25) / 2)
     assert easy["progress_mean"] == pytest.approx((1.0 + 1.125) / 2) and easy[
         "over_forgotten"
@@ -54,5 +54,5 @@ def test_report_over_the_set_and_by_group() -> None:
 def test_bad_inputs(args, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         forgetting_progress(*args)
-    with pytest.raises(ValueError, match="groups has 1 labels"):
-        balance_report(MODEL, TARGET, RETAIN, groups=["hard"])
+    with pytest.raises(ValueError, match="difficulty has 1 labels"):
+        balance_report(MODEL, TARGET, RETAIN, difficulty=["hard"])

@@ -140,5 +140,5 @@ def test_cli_eval_writes_the_report(refs: Any, embedded_tiny: tuple[list[str], A
     assert summary["forget_quality"] == refs.target["forget_quality"]["agg_value"]
     balance = json.loads((out / BALANCE_FILE).read_text())
     assert balance["progress_mean"] == 0.0  # the target against itself has not moved
-    assert set(balance["by_group"]) == set(_plan(embedded_tiny).groups)
+    assert set(balance["by_difficulty"]) == set(_plan(embedded_tiny).difficulty)
     assert not math.isnan(balance["still_memorised"])

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from baldro_ray.tracking.plots import dro_weights, epoch_metrics, forgetting_curves
+from baldro_ray.tracking.plots import plot_dro_weights, plot_epoch_metrics, plot_forgetting_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -55,18 +55,22 @@ def _assert_png(path: Path) -> None:
 
 
 def test_forgetting_curves(tmp_path: Path) -> None:
-    out = forgetting_curves(
+    out = plot_forgetting_curves(
         _trajectory(), {0: "hard", 1: "easy", 2: "easy"}, tmp_path / "figs" / "forget.png"
     )
     assert out == tmp_path / "figs" / "forget.png"
     _assert_png(out)
     pq.write_table(_trajectory(), tmp_path / "trajectory.parquet")
-    _assert_png(forgetting_curves(tmp_path / "trajectory.parquet", None, tmp_path / "forget_nogroups.png"))
+    _assert_png(
+        plot_forgetting_curves(tmp_path / "trajectory.parquet", None, tmp_path / "forget_nogroups.png")
+    )
 
 
 def test_dro_weights(tmp_path: Path) -> None:
-    _assert_png(dro_weights(_trajectory(), tmp_path / "weights.png"))
-    _assert_png(dro_weights(_trajectory().slice(0, 0), tmp_path / "empty.png"))  # no rows: still an image
+    _assert_png(plot_dro_weights(_trajectory(), tmp_path / "weights.png"))
+    _assert_png(
+        plot_dro_weights(_trajectory().slice(0, 0), tmp_path / "empty.png")
+    )  # no rows: still an image
 
 
 def test_epoch_metrics(tmp_path: Path) -> None:
@@ -76,8 +80,8 @@ def test_epoch_metrics(tmp_path: Path) -> None:
         {"epoch": 3, "model_utility": math.nan},
         {"epoch": 4, "forget_quality": 0.0},
     ]
-    _assert_png(epoch_metrics(rows, tmp_path / "epochs.png"))
-    _assert_png(epoch_metrics([{"epoch": 1}], tmp_path / "bare.png"))
+    _assert_png(plot_epoch_metrics(rows, tmp_path / "epochs.png"))
+    _assert_png(plot_epoch_metrics([{"epoch": 1}], tmp_path / "bare.png"))
 
 
 @pytest.mark.parametrize("column", ["sample_id", "step", "avg_nll", "dro_weight"])
@@ -85,9 +89,9 @@ def test_missing_column_is_named(tmp_path: Path, column: str) -> None:
     table = _trajectory().drop_columns([column])
     with pytest.raises(ValueError, match=repr(column)):
         if column == "dro_weight":
-            dro_weights(table, tmp_path / "x.png")
+            plot_dro_weights(table, tmp_path / "x.png")
         else:
-            forgetting_curves(table, None, tmp_path / "x.png")
+            plot_forgetting_curves(table, None, tmp_path / "x.png")
     with pytest.raises(ValueError, match="'epoch'"):
-        epoch_metrics([{"epoch": 1, "model_utility": 0.5}, {"model_utility": 0.4}], tmp_path / "y.png")
+        plot_epoch_metrics([{"epoch": 1, "model_utility": 0.5}, {"model_utility": 0.4}], tmp_path / "y.png")
     assert not list(tmp_path.iterdir())
