@@ -99,7 +99,9 @@ def _reference_rows(plan: Any, refs: Any) -> dict[str, dict[str, float]]:
         ("retain (never saw forget)", refs.retain),
     ):
         full = relative_to_retain(result, refs.retain)
-        rows[name] = summarise(full, plan.settings, forgetting_balance(plan, full, refs.target, refs.retain))
+        rows[name] = summarise(
+            full, plan.evaluation, forgetting_balance(plan, full, refs.target, refs.retain)
+        )
     return rows
 
 

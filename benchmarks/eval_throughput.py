@@ -46,7 +46,7 @@ def evaluation_run(
     for copy in copies:
         if not copy.exists():
             shutil.copytree(model, copy)
-    s = plan.settings
+    s = plan.evaluation
     requests = TofuEvaluation(plan.source, plan.forget_split, plan.holdout_split, s.max_new_tokens).requests
     unique, _ = plan_chunks(requests, s.batch_size)
     started = time.perf_counter()

@@ -42,7 +42,7 @@ class EvalPlan:
     template: PromptTemplate
     max_length: int
     dtype: str | None
-    settings: EvaluationConfig
+    evaluation: EvaluationConfig
     cache_dir: Path
     difficulty: tuple[str, ...] | None  # ground-truth difficulty label of each forget row
     retain_model: str | None
@@ -77,7 +77,7 @@ def plan_evaluation(
     from baldro_ray.data.readers import DataError, read_records
     from baldro_ray.data.sources import build_source
 
-    settings, data = config.evaluation, config.data
+    evaluation, data = config.evaluation, config.data
     if data.source == "files":
         raise ConfigError(
             "evaluation needs a benchmark (data.source synthetic, tofu or muse); set evaluation.enabled=false"
@@ -86,19 +86,19 @@ def plan_evaluation(
     if location is None:
         raise ConfigError(f"data.location is required for data.source={data.source!r}")
     benchmark = "MUSE" if data.source == "muse" else "TOFU"
-    if benchmark == "MUSE" and settings.objective == "utility_at_fq_floor":
+    if benchmark == "MUSE" and evaluation.objective == "utility_at_fq_floor":
         raise ConfigError(
             "evaluation.objective='utility_at_fq_floor' needs TOFU's forget quality; MUSE has none: "
             "use 'geometric' or 'arithmetic'"
         )
     source = build_source(data.source, location)
     retain_logs = None
-    if settings.retain_logs_path is not None:
+    if evaluation.retain_logs_path is not None:
         try:
-            retain_logs = load_retain_eval(settings.retain_logs_path)
+            retain_logs = load_retain_eval(evaluation.retain_logs_path)
         except (OSError, ValueError) as err:
             raise ConfigError(f"evaluation.retain_logs_path: {err}") from None
-    retain = settings.retain_model or retain_model
+    retain = evaluation.retain_model or retain_model
     if retain is not None and not os.path.exists(retain) and not is_hub_id(retain):
         raise ConfigError(
             f"evaluation.retain_model {retain!r} does not exist (and is not an 'owner/name' hub id)"
@@ -124,7 +124,7 @@ def plan_evaluation(
         config.model.prompt_template(),
         config.trainer.max_length,
         config.trainer.dtype,
-        settings,
+        evaluation,
         Path(config.embedded.cache_dir).expanduser() / "evals",
         difficulty,
         retain,
@@ -135,7 +135,7 @@ def plan_evaluation(
 def _inference(plan: EvalPlan, model_path: str) -> Any:
     from baldro_ray.eval.replicas import ReplicaInference
 
-    s = plan.settings
+    s = plan.evaluation
     return ReplicaInference(
         model_path,
         plan.template,
@@ -155,7 +155,7 @@ def _evaluation(plan: EvalPlan) -> Any:
         return MuseEvaluation(plan.source, plan.template)
     from baldro_ray.eval.tofu import TofuEvaluation
 
-    return TofuEvaluation(plan.source, plan.forget_split, plan.holdout_split, plan.settings.max_new_tokens)
+    return TofuEvaluation(plan.source, plan.forget_split, plan.holdout_split, plan.evaluation.max_new_tokens)
 
 
 def evaluate_models(plan: EvalPlan, model_paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -182,7 +182,7 @@ def relative_to_retain(result: Mapping[str, Any], retain: Mapping[str, Any] | No
 
 
 def _cache_key(plan: EvalPlan, model_path: str) -> str:
-    s = plan.settings
+    s = plan.evaluation
     parts = [
         EVAL_VERSION,
         plan.benchmark,
@@ -235,7 +235,7 @@ def forgetting_balance(
 
 
 def summarise(
-    result: Mapping[str, Any], settings: EvaluationConfig, balance: Mapping[str, Any] | None
+    result: Mapping[str, Any], evaluation: EvaluationConfig, balance: Mapping[str, Any] | None
 ) -> dict[str, float]:
     """Flat ``eval/*`` numbers of one evaluation (for trackers, tables and the run summary)."""
     out = {f"eval/{name}": float(entry["agg_value"]) for name, entry in result.items()}
@@ -243,7 +243,7 @@ def summarise(
         out["eval/forget_ks_statistic"] = float(result["forget_quality"]["statistic"])
         out["eval/forget_quality_log10"] = float(result["forget_quality"]["log10_pvalue"])
     out["eval/forget_term"], out["eval/utility_term"] = objective_terms(result)
-    out["eval/score"] = combined_score(result, settings)
+    out["eval/score"] = combined_score(result, evaluation)
     for key, value in (balance or {}).items():
         if isinstance(value, (int, float)):
             out[f"balance/{key}"] = float(value)
@@ -259,7 +259,7 @@ def write_report(
     write_eval(result, out_dir, plan.benchmark)
     if balance is not None:
         write_json(out_dir / BALANCE_FILE, balance)
-    return summarise(result, plan.settings, balance)
+    return summarise(result, plan.evaluation, balance)
 
 
 @dataclass(frozen=True)

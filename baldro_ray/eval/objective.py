@@ -42,18 +42,18 @@ def objective_terms(result: Mapping[str, Any]) -> tuple[float, float]:
     return forget, math.nan if utility is None else utility
 
 
-def combined_score(result: Mapping[str, Any], settings: EvaluationConfig) -> float:
+def combined_score(result: Mapping[str, Any], evaluation: EvaluationConfig) -> float:
     """``evaluation.objective`` of ``result`` (see the module docstring); NaN when a term it needs is missing."""
     forget, utility = objective_terms(result)
-    if settings.objective == "utility_at_fq_floor":
+    if evaluation.objective == "utility_at_fq_floor":
         quality = _value(result, "forget_quality")
         if quality is None or math.isnan(utility):
             return math.nan
-        return 1.0 + utility if quality >= settings.fq_floor else forget - 1.0
+        return 1.0 + utility if quality >= evaluation.fq_floor else forget - 1.0
     if math.isnan(forget) or math.isnan(utility):
         return math.nan
-    wf, wu = settings.forget_weight, settings.utility_weight
-    if settings.objective == "arithmetic":
+    wf, wu = evaluation.forget_weight, evaluation.utility_weight
+    if evaluation.objective == "arithmetic":
         return (wf * forget + wu * utility) / (wf + wu)
     weighted = [(weight, term) for weight, term in ((wf, forget), (wu, utility)) if weight > 0]
     if min(term for _, term in weighted) <= 0:

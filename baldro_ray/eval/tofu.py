@@ -44,7 +44,7 @@ SUMMARY_FILE = "TOFU_SUMMARY.json"
 
 
 @dataclass(frozen=True)
-class SplitSpec:
+class SplitScoring:
     """How one TOFU split is scored: metric names, subset, correct-answer column, truth-ratio aggregation."""
 
     prefix: str
@@ -63,13 +63,13 @@ class SplitSpec:
         return f"{self.prefix}_Q_A_ROUGE"
 
 
-SPLITS: tuple[SplitSpec, ...] = (
-    SplitSpec(
+SPLITS: tuple[SplitScoring, ...] = (
+    SplitScoring(
         "forget", "{forget_split}_perturbed", "paraphrased_answer", False, "forget_truth_ratio", "forget"
     ),
-    SplitSpec("retain", "retain_perturbed", "paraphrased_answer", False, "retain_Truth_Ratio", "utility"),
-    SplitSpec("ra", "real_authors_perturbed", "answer", True, "ra_Truth_Ratio", "utility"),
-    SplitSpec("wf", "world_facts_perturbed", "answer", True, "wf_Truth_Ratio", "utility"),
+    SplitScoring("retain", "retain_perturbed", "paraphrased_answer", False, "retain_Truth_Ratio", "utility"),
+    SplitScoring("ra", "real_authors_perturbed", "answer", True, "ra_Truth_Ratio", "utility"),
+    SplitScoring("wf", "world_facts_perturbed", "answer", True, "wf_Truth_Ratio", "utility"),
 )
 
 
@@ -106,7 +106,7 @@ def _entry(agg_value: float, per_sample: Sequence[Mapping[str, Any]]) -> dict[st
 
 
 def split_metrics(
-    spec: SplitSpec,
+    scoring: SplitScoring,
     rows: Sequence[Mapping[str, Any]],
     nlls: Mapping[str, np.ndarray],
     generations: Sequence[str],
@@ -114,7 +114,7 @@ def split_metrics(
     """The split's Prob (or normalised Prob), ROUGE and truth-ratio entries from the average-NLL arrays and the
     greedy generations of :func:`split_results`, all aligned with ``rows``."""
     answers = [row["answer"] for row in rows]
-    if spec.normalised:
+    if scoring.normalised:
         probs = M.normalised_probability(nlls["answer"], nlls["perturbed"])
         prob_values = [{"prob": float(p)} for p in probs]
     else:
@@ -127,10 +127,10 @@ def split_metrics(
     ]
     tr = M.truth_ratio(nlls["correct"], nlls["perturbed"])
     return {
-        spec.prob_name: _entry(probs.mean(), prob_values),
-        spec.rouge_name: _entry(rouge.mean(), rouge_values),
-        spec.truth_ratio_name: _entry(
-            M.truth_ratio_score(tr, spec.truth_ratio_kind), [{"score": float(t)} for t in tr]
+        scoring.prob_name: _entry(probs.mean(), prob_values),
+        scoring.rouge_name: _entry(rouge.mean(), rouge_values),
+        scoring.truth_ratio_name: _entry(
+            M.truth_ratio_score(tr, scoring.truth_ratio_kind), [{"score": float(t)} for t in tr]
         ),
     }
 
@@ -168,9 +168,11 @@ class TofuEvaluation(Evaluation):
         holdout_split: str | None = None,
         max_new_tokens: int = 200,
     ) -> None:
-        self.splits = [(spec, source.load(spec.subset.format(forget_split=forget_split))) for spec in SPLITS]
+        self.splits = [
+            (scoring, source.load(scoring.subset.format(forget_split=forget_split))) for scoring in SPLITS
+        ]
         self.segments = [
-            split_requests(rows, spec.correct_column, max_new_tokens) for spec, rows in self.splits
+            split_requests(rows, scoring.correct_column, max_new_tokens) for scoring, rows in self.splits
         ]
         self.members = source.load(forget_split) if holdout_split else []
         self.nonmembers = source.load(holdout_split) if holdout_split else []
@@ -182,9 +184,9 @@ class TofuEvaluation(Evaluation):
     ) -> dict[str, dict[str, Any]]:
         parts = self.parts(results)
         result: dict[str, dict[str, Any]] = {}
-        for (spec, rows), part in zip(self.splits, parts):
+        for (scoring, rows), part in zip(self.splits, parts):
             nlls, generations = split_results(rows, part)
-            result.update(split_metrics(spec, rows, nlls, generations))
+            result.update(split_metrics(scoring, rows, nlls, generations))
         result["model_utility"] = {
             "agg_value": M.model_utility({key: result[key]["agg_value"] for key in M.UTILITY_KEYS})
         }

@@ -116,24 +116,24 @@ class TinyModelSpec:
 
 
 def build_tiny_llama(
-    spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+    shape: TinyModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0
 ) -> LlamaForCausalLM:
     """A randomly initialised float32 ``LlamaForCausalLM`` sized to ``tokenizer``.
 
-    The weights depend only on ``spec``, ``len(tokenizer)`` and ``seed``; the global RNG state is untouched.
+    The weights depend only on ``shape``, ``len(tokenizer)`` and ``seed``; the global RNG state is untouched.
     """
-    if spec.hidden_size % spec.num_heads or spec.num_heads % spec.num_kv_heads:
-        raise ValueError(f"incompatible head layout in {spec}")
+    if shape.hidden_size % shape.num_heads or shape.num_heads % shape.num_kv_heads:
+        raise ValueError(f"incompatible head layout in {shape}")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        intermediate_size=spec.intermediate_size,
-        max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=spec.tie_word_embeddings,
-        rope_theta=spec.rope_theta,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        rope_theta=shape.rope_theta,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

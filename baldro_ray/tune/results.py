@@ -18,7 +18,7 @@ from baldro_ray.atomic import copy_dir, copy_file, write_json, write_text
 from baldro_ray.config import RunConfig, dump_config
 from baldro_ray.run_folder import BEST_MODEL_DIR, CONFIG_FILE, MODEL_DIR, SCORE_KEY, SUMMARY_FILE, RunSummary
 from baldro_ray.tune.pareto import ParetoPoint, pareto_front, plot_pareto
-from baldro_ray.tune.space import Sweep, trial_settings
+from baldro_ray.tune.space import Sweep, trial_point
 from baldro_ray.tune.trial import TRIALS_DIR
 
 BEST_DIR = "best"  # <sweep>/best: the best trial's best-epoch model, its config and its run summary
@@ -30,10 +30,10 @@ TABLE_FILE = "results.md"
 
 @dataclass(frozen=True)
 class TrialRow:
-    """One trial: its settings, how it ended, and its best epoch's evaluation summary."""
+    """One trial: its searched point, how it ended, and its best epoch's evaluation summary."""
 
     trial_id: str
-    settings: dict[str, Any]
+    point: dict[str, Any]  # the trial's searched settings, dotted
     status: str  # finished | stopped (by the scheduler) | error
     epochs_run: int
     best_epoch: int | None
@@ -61,7 +61,7 @@ def trial_rows(results: Sequence[Any], sweep: Sweep, folder: Path) -> list[Trial
         rows.append(
             TrialRow(
                 str(trial_id),
-                trial_settings(result.config),
+                trial_point(result.config),
                 status,
                 len(evaluations),
                 best_epoch,
@@ -89,15 +89,15 @@ COLUMNS = (  # (heading, summary key)
 
 
 def render_table(rows: Sequence[TrialRow]) -> str:
-    """A Markdown table, best trials first: settings, status, epochs, best epoch and its metrics."""
-    keys = sorted({key for row in rows for key in row.settings})
+    """A Markdown table, best trials first: searched point, status, epochs, best epoch and its metrics."""
+    keys = sorted({key for row in rows for key in row.point})
     columns = [c for c in COLUMNS if any(c[1] in row.best for row in rows)]
     head = ["trial", *keys, "status", "epochs", "best epoch", *(c[0] for c in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [
             row.trial_id,
-            *(_fmt(row.settings.get(k, "")) for k in keys),
+            *(_fmt(row.point.get(k, "")) for k in keys),
             row.status,
             str(row.epochs_run),
             str(row.best_epoch),
@@ -132,7 +132,7 @@ def write_pareto(rows: Sequence[TrialRow], sweep: Sweep, out: Path) -> tuple[Pat
             row.trial_id[-5:],
             row.best.get(key, math.nan),
             row.best.get(utility, math.nan),
-            on_reference_grid(sweep.config_with(row.settings)),
+            on_reference_grid(sweep.config_with(row.point)),
         )
         for row in evaluated
     ]
@@ -143,13 +143,13 @@ def write_pareto(rows: Sequence[TrialRow], sweep: Sweep, out: Path) -> tuple[Pat
 
 def export_best(best: TrialRow, sweep: Sweep, folder: Path) -> Path:
     """``<sweep>/best``: the best trial's best-epoch model as ``model``, its run config, its run summary and
-    ``trial.json`` (the trial id and its searched settings)."""
+    ``trial.json`` (the trial id and its searched point)."""
     out = folder / BEST_DIR
     trial = folder / TRIALS_DIR / best.trial_id
     copy_dir(trial / BEST_MODEL_DIR, out / MODEL_DIR)
-    write_text(out / CONFIG_FILE, dump_config(sweep.config_with(best.settings)))
+    write_text(out / CONFIG_FILE, dump_config(sweep.config_with(best.point)))
     copy_file(trial / SUMMARY_FILE, out / SUMMARY_FILE)
-    write_json(out / TRIAL_FILE, {"trial_id": best.trial_id, "settings": best.settings})
+    write_json(out / TRIAL_FILE, {"trial_id": best.trial_id, "point": best.point})
     return out
 
 

@@ -153,11 +153,11 @@ class Sweep:
 
     def trial_config(self, params: Mapping[str, Any]) -> RunConfig:
         """The run config of one trial: the base with the trial's Tune parameters applied."""
-        return self.config_with(trial_settings(params))
+        return self.config_with(trial_point(params))
 
 
-def trial_settings(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted settings from a trial's Tune parameters (a signed dimension's sign and magnitude multiplied)."""
+def trial_point(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's point (dotted settings) from its Tune parameters (a signed dimension's sign and magnitude multiplied)."""
     values = dict(params)
     for key in [k for k in values if k.endswith(SIGN)]:
         name = key.removesuffix(SIGN)

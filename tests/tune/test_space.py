@@ -10,7 +10,7 @@ import pytest
 from baldro_ray.config import PRESETS_DIR, ConfigError, load_config
 from baldro_ray.tune.pareto import pareto_front
 from baldro_ray.tune.results import on_reference_grid
-from baldro_ray.tune.space import SWEEP_PRESETS_DIR, load_sweep, trial_settings, tune_parameters
+from baldro_ray.tune.space import SWEEP_PRESETS_DIR, load_sweep, trial_point, tune_parameters
 from baldro_ray.tune.sweep import max_concurrent_trials
 
 
@@ -37,7 +37,7 @@ def test_signed_temperature_is_a_sign_times_a_log_uniform_magnitude(tmp_path: Pa
     sweep = load_sweep(path)
     params = tune_parameters({"method.dro.temperature": -2.0}, sweep.settings.space)
     assert params == {"method.dro.temperature.sign": -1, "method.dro.temperature.magnitude": 2.0}
-    assert trial_settings(params) == {"method.dro.temperature": -2.0}
+    assert trial_point(params) == {"method.dro.temperature": -2.0}
     assert sweep.trial_config(params).method.dro.temperature == -2.0
     assert sweep.settings.space["method.dro.temperature"].corners() == [-0.5, -10.0, 0.5, 10.0]
 

@@ -109,7 +109,7 @@ def test_sweep_with_asha_survives_a_killed_driver(embedded_tiny, tmp_path: Path)
     assert {p: p.stat().st_mtime_ns for p in reports} == reports
 
     rows = json.loads((folder / "results.json").read_text())
-    by_lr = {row["settings"]["trainer.lr"]: row for row in rows}
+    by_lr = {row["point"]["trainer.lr"]: row for row in rows}
     assert {lr: (row["status"], row["epochs_run"]) for lr, row in by_lr.items()} == {
         GOOD: ("finished", 2),
         DESTRUCTIVE: ("stopped", 1),
@@ -131,7 +131,7 @@ def test_sweep_with_asha_survives_a_killed_driver(embedded_tiny, tmp_path: Path)
     assert summary["mlflow"]["run_id"] == best["mlflow_run_id"]
     assert (
         yaml.safe_load((folder / "best" / "config.yaml").read_text())["trainer"]["lr"]
-        == best["settings"]["trainer.lr"]
+        == best["point"]["trainer.lr"]
     )
     assert (folder / "pareto.png").read_bytes().startswith(b"\x89PNG")
     assert best["trial_id"] in (folder / "results.md").read_text().splitlines()[2]
