@@ -54,6 +54,7 @@ def staging_dir(destination: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; a published folder is ordinary shared output
         yield staging
         publish_dir(staging, target)
     finally:
@@ -61,7 +62,7 @@ def staging_dir(destination: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def publish_dir(staging: Path, destination: Path) -> None:
-    """Rename the finished folder ``staging`` onto ``destination`` (same parent), replacing an existing one."""
+    """Rename the finished folder ``staging`` onto ``destination`` (same file system), replacing an existing one."""
     if not destination.exists():
         staging.replace(destination)
         return

@@ -39,13 +39,12 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from baldro_ray.atomic import staging_dir
 from baldro_ray.data import synthetic_templates as tpl
 
 FORGET_PERCENTS = {"forget01": 1, "forget05": 5, "forget10": 10}
@@ -488,27 +487,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _install(staging: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
-    if not os.path.lexists(out_dir):
-        try:
-            os.replace(staging, out_dir)
-        except OSError:
-            if not _holds_benchmark(out_dir, manifest):  # a concurrent writer got there first
-                raise
-        return
-    if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file()):
-        raise FileExistsError(
-            f"{out_dir} exists and is not a synthetic benchmark folder; refusing to replace it"
-        )
-    # A directory can only be renamed onto an empty one, so the old benchmark is moved aside first.
-    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, retired)
-    try:
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
-
-
 def write_benchmark(config: SyntheticConfig, out_dir: str | Path) -> Path:
     """Write every table of ``generate_benchmark`` as ``<name>.json`` plus the ``benchmark.json`` manifest.
 
@@ -521,15 +499,20 @@ def write_benchmark(config: SyntheticConfig, out_dir: str | Path) -> Path:
     manifest = _manifest(config, payloads)
     if _holds_benchmark(out_dir, manifest):
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    if os.path.lexists(out_dir) and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file())
+    ):
+        raise FileExistsError(
+            f"{out_dir} exists and is not a synthetic benchmark folder; refusing to replace it"
+        )
     try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the benchmark is ordinary shared data
-        for name, data in payloads.items():
-            _write_synced(staging / name, data)
-        _write_synced(staging / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
-        _install(staging, out_dir, manifest)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        with staging_dir(out_dir) as staging:
+            for name, data in payloads.items():
+                _write_synced(staging / name, data)
+            _write_synced(staging / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+    except OSError:
+        if not _holds_benchmark(
+            out_dir, manifest
+        ):  # else a concurrent writer published the same benchmark first
+            raise
     return out_dir

@@ -14,8 +14,6 @@ Tokenizer invariants (see ``train_tokenizer``):
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from baldro_ray.atomic import staging_dir
 from baldro_ray.hub import is_hub_id
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -166,28 +165,14 @@ def save_model(
 ) -> Path:
     """Write ``model`` (safetensors) and ``tokenizer`` to ``out_dir`` atomically; return it as a Path.
 
-    Both are written into a sibling temp folder which is then renamed onto ``out_dir``, so ``out_dir`` never
-    holds a partial save. An existing ``out_dir`` is first renamed aside and deleted after the swap; a crash
-    exactly between the two renames leaves ``out_dir`` absent and the old copy in ``.<name>.tmp-*.old``.
+    Both are written into a sibling staging folder published as ``out_dir`` (:func:`baldro_ray.atomic.staging_dir`),
+    so ``out_dir`` never holds a partial save; an existing one is replaced whole.
     """
     check_vocabulary(len(tokenizer), model.config.vocab_size, str(out_dir))
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    aside = tmp.with_name(tmp.name + ".old")
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            os.replace(out, aside)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if aside.exists() and not out.exists():
-            os.replace(aside, out)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-    return out
+    with staging_dir(out_dir) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return Path(out_dir)
 
 
 def load_model(

@@ -1,6 +1,6 @@
 """PNG figures of an unlearning run: per-sample forgetting curves, DRO weight spread, per-epoch evaluation.
 
-Invariant: each function writes one complete PNG (temp file + ``os.replace``, so a reader never sees a partial
+Invariant: each function writes one complete PNG (``baldro_ray.atomic.atomic_path``, so a reader never sees a partial
 image) and returns its path; a table lacking a column the figure needs raises ``ValueError`` naming the column.
 Figures are drawn on the Agg canvas directly, so importing this module leaves pyplot's backend alone.
 """
@@ -8,8 +8,6 @@ Figures are drawn on the Agg canvas directly, so importing this module leaves py
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from baldro_ray.atomic import atomic_path
 
 UNLABELLED = "unlabelled"
 PADDING_ID = -1  # trajectory rows of padding dummies, not real forget samples
@@ -49,18 +49,10 @@ def _columns(trajectory: pa.Table | Path | str, needed: Sequence[str]) -> dict[s
 
 def save_figure(figure: Figure, out: Path) -> Path:
     """Write ``figure`` as a PNG to ``out`` atomically (a temporary file renamed into place)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".png") as tmp:
         figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out
+    return Path(out)
 
 
 def _no_data(ax: Axes, text: str) -> None:

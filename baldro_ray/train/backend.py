@@ -12,8 +12,6 @@ Invariants every backend keeps, so one worker loop gives the same numbers under 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ from typing import Any, Protocol
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from baldro_ray.atomic import atomic_path, staging_dir
 
 _DDP_STATE_FILE = "training_state.pt"
 
@@ -131,9 +131,8 @@ def _barrier() -> None:
 
 def _save_client_state(directory: Path, client_state: dict[str, Any]) -> None:
     # One file per rank: client state (RNG streams above all) differs between ranks.
-    partial = directory / f".client_state_rank{_rank()}.pt.tmp"
-    torch.save(client_state, partial)
-    partial.replace(directory / f"client_state_rank{_rank()}.pt")
+    with atomic_path(directory / f"client_state_rank{_rank()}.pt") as tmp:
+        torch.save(client_state, tmp)
 
 
 def _load_client_state(directory: Path) -> dict[str, Any]:
@@ -142,21 +141,10 @@ def _load_client_state(directory: Path) -> dict[str, Any]:
 
 
 def _write_pretrained(directory: Path, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None) -> None:
-    """Write model + tokenizer to a sibling temp folder, then rename it to ``directory`` (replacing one)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-    try:
+    """Publish model + tokenizer as ``directory`` whole (replacing one)."""
+    with staging_dir(directory) as staging:
         model.save_pretrained(staging, state_dict=state_dict)
         tokenizer.save_pretrained(staging)
-        if directory.exists():
-            old = staging.with_name(staging.name + "-old")
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old)
-        else:
-            staging.rename(directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 class _DDPBackend:

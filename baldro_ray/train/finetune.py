@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from baldro_ray.atomic import publish_dir
 from baldro_ray.config import FinetuneConfig
 from baldro_ray.data.render import PromptTemplate
 
@@ -131,7 +132,7 @@ def run_finetune(
         result.checkpoint.to_directory(str(staging))
         for job, out_dir in out_dirs.items():
             out_dir.parent.mkdir(parents=True, exist_ok=True)
-            (staging / job).replace(out_dir)
+            publish_dir(staging / job, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dict(out_dirs)
