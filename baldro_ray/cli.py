@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from baldro_ray.config import ConfigError, dump_config, load_config
+from baldro_ray.errors import UserError
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (also used to check cluster entrypoints)."""
     parser = argparse.ArgumentParser(prog="baldro-ray", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error instead of its one-line message"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "objectives-demo",
@@ -181,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (``--name x trainer.lr=1e-3``), which argparse alone does not allow.
     args, extra = parser.parse_known_args(argv)
+    # Also accepted after the subcommand, where only the subcommand's parser sees it.
+    debug = args.debug or "--debug" in extra
+    extra = [arg for arg in extra if arg != "--debug"]
     unknown = [arg for arg in extra if "=" not in arg or arg.startswith("-")]
     if unknown or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
@@ -203,8 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _tune(args.config, args.overrides, args.name, args.restore)
         elif args.command == "eval":
             _evaluate(args.config, args.overrides, args.model, args.target, args.out)
-    except ConfigError as err:
-        print(f"baldro-ray: error: {err}", file=sys.stderr)
+    except UserError as err:
+        if debug:
+            raise
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"baldro-ray: error: {message or type(err).__name__}", file=sys.stderr)
         return 2
     return 0
 
