@@ -81,8 +81,6 @@ def _unlearn(config_path: str | None, overrides: Sequence[str], name: str | None
     from baldro_ray.unlearn import resolve_run, run_unlearn
 
     config = load_config(config_path, overrides)
-    if config.data.source == "synthetic":
-        ensure_ray()  # the embedded models may have to be fine-tuned first
     run = resolve_run(config, name)
     ensure_ray()
     outcome = run_unlearn(run)
@@ -107,17 +105,14 @@ def _evaluate(
     config_path: str | None, overrides: Sequence[str], model: str, target: str | None, out: str | None
 ) -> None:
     import json
-    import os
     from pathlib import Path
 
     from baldro_ray.cluster import ensure_ray
     from baldro_ray.eval.evaluate import evaluate_and_report, plan_evaluation, references
-    from baldro_ray.hub import is_hub_id
+    from baldro_ray.unlearn import check_model
 
     config = load_config(config_path, overrides)
-    if not os.path.exists(model) and not is_hub_id(model):
-        raise ConfigError(f"--model {model!r} does not exist (and is not an 'owner/name' hub id)")
-    ensure_ray()
+    check_model(model, "--model")
     data_dir, retain_model, target = None, None, target or config.model.name_or_path
     if config.data.source == "synthetic":
         from baldro_ray.embedded import prepare_embedded
@@ -126,6 +121,7 @@ def _evaluate(
         data_dir, retain_model = assets.data_dir, str(assets.retain_model)
         target = str(assets.target_model) if target == "tiny" else target
     plan = plan_evaluation(config, data_dir, retain_model)
+    ensure_ray()
     folder = Path(out or Path(config.output_dir) / f"eval-{Path(model).name}")
     (summary,) = evaluate_and_report(plan, [(model, folder)], references(plan, target))
     print(json.dumps(summary, indent=2))
@@ -146,7 +142,6 @@ def _quickstart(
 
 
 def _tune(config_path: str | None, overrides: Sequence[str], name: str | None, restore: str | None) -> None:
-    from baldro_ray.cluster import ensure_ray
     from baldro_ray.tune.space import load_sweep
     from baldro_ray.tune.sweep import restore_sweep, run_sweep
 
@@ -155,7 +150,6 @@ def _tune(config_path: str | None, overrides: Sequence[str], name: str | None, r
     if restore is not None and (overrides or name):
         raise ConfigError("--restore continues a sweep as it was recorded: no overrides or --name")
     sweep = None if config_path is None else load_sweep(config_path, overrides)
-    ensure_ray()
     outcome = run_sweep(sweep, name) if sweep is not None else restore_sweep(restore)
     print(f"\n{outcome.table}\n\nsweep folder: {outcome.folder}")
     if outcome.best_dir is not None:
