@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from baldro_ray.config import ConfigError, dump_config, load_config
+from baldro_ray.errors import UserError
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (also used to check cluster entrypoints)."""
     parser = argparse.ArgumentParser(prog="baldro-ray", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error instead of its one-line message"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "objectives-demo",
@@ -77,8 +81,6 @@ def _unlearn(config_path: str | None, overrides: Sequence[str], name: str | None
     from baldro_ray.unlearn import resolve_run, run_unlearn
 
     config = load_config(config_path, overrides)
-    if config.data.source == "synthetic":
-        ensure_ray()  # the embedded models may have to be fine-tuned first
     run = resolve_run(config, name)
     ensure_ray()
     outcome = run_unlearn(run)
@@ -103,17 +105,14 @@ def _evaluate(
     config_path: str | None, overrides: Sequence[str], model: str, target: str | None, out: str | None
 ) -> None:
     import json
-    import os
     from pathlib import Path
 
     from baldro_ray.cluster import ensure_ray
     from baldro_ray.eval.evaluate import evaluate_and_report, plan_evaluation, references
-    from baldro_ray.hub import is_hub_id
+    from baldro_ray.unlearn import check_model
 
     config = load_config(config_path, overrides)
-    if not os.path.exists(model) and not is_hub_id(model):
-        raise ConfigError(f"--model {model!r} does not exist (and is not an 'owner/name' hub id)")
-    ensure_ray()
+    check_model(model, "--model")
     data_dir, retain_model, target = None, None, target or config.model.name_or_path
     if config.data.source == "synthetic":
         from baldro_ray.embedded import prepare_embedded
@@ -122,6 +121,7 @@ def _evaluate(
         data_dir, retain_model = assets.data_dir, str(assets.retain_model)
         target = str(assets.target_model) if target == "tiny" else target
     plan = plan_evaluation(config, data_dir, retain_model)
+    ensure_ray()
     folder = Path(out or Path(config.output_dir) / f"eval-{Path(model).name}")
     (summary,) = evaluate_and_report(plan, [(model, folder)], references(plan, target))
     print(json.dumps(summary, indent=2))
@@ -142,7 +142,6 @@ def _quickstart(
 
 
 def _tune(config_path: str | None, overrides: Sequence[str], name: str | None, restore: str | None) -> None:
-    from baldro_ray.cluster import ensure_ray
     from baldro_ray.tune.space import load_sweep
     from baldro_ray.tune.sweep import restore_sweep, run_sweep
 
@@ -151,7 +150,6 @@ def _tune(config_path: str | None, overrides: Sequence[str], name: str | None, r
     if restore is not None and (overrides or name):
         raise ConfigError("--restore continues a sweep as it was recorded: no overrides or --name")
     sweep = None if config_path is None else load_sweep(config_path, overrides)
-    ensure_ray()
     outcome = run_sweep(sweep, name) if sweep is not None else restore_sweep(restore)
     print(f"\n{outcome.table}\n\nsweep folder: {outcome.folder}")
     if outcome.best_dir is not None:
@@ -181,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (``--name x trainer.lr=1e-3``), which argparse alone does not allow.
     args, extra = parser.parse_known_args(argv)
+    # Also accepted after the subcommand, where only the subcommand's parser sees it.
+    debug = args.debug or "--debug" in extra
+    extra = [arg for arg in extra if arg != "--debug"]
     unknown = [arg for arg in extra if "=" not in arg or arg.startswith("-")]
     if unknown or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
@@ -203,8 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _tune(args.config, args.overrides, args.name, args.restore)
         elif args.command == "eval":
             _evaluate(args.config, args.overrides, args.model, args.target, args.out)
-    except ConfigError as err:
-        print(f"baldro-ray: error: {err}", file=sys.stderr)
+    except UserError as err:
+        if debug:
+            raise
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"baldro-ray: error: {message or type(err).__name__}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from baldro_ray.data.render import TEMPLATES, PromptTemplate, resolve_template
 from baldro_ray.data.synthetic import SyntheticConfig
+from baldro_ray.errors import UserError
 from baldro_ray.models.tiny import TinyModelSpec
 from baldro_ray.objectives import FORGET_LOSSES, Aggregation, get_forget_loss
 
 
-class ConfigError(ValueError):
-    """A configuration problem, reported before any compute starts."""
+class ConfigError(UserError, ValueError):
+    """A configuration problem, reported before any compute starts (a ``ValueError`` too, for older callers)."""
 
 
 class _Section(BaseModel):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from baldro_ray.config import EmbeddedConfig
+from baldro_ray.config import ConfigError, EmbeddedConfig
 from baldro_ray.data.readers import read_records
 from baldro_ray.data.render import TEMPLATES
 from baldro_ray.data.synthetic import MANIFEST_NAME, RETAIN_OF_FORGET, write_benchmark
@@ -73,6 +73,7 @@ def _finetuned(
     config: EmbeddedConfig, base: Path, data_dir: Path, mixes: dict[str, str], trained: list[str]
 ) -> dict[str, Path]:
     """Models fine-tuned from ``base`` on each role's mix; the missing ones are trained together in one run."""
+    from baldro_ray.cluster import ensure_ray
     from baldro_ray.train.finetune import run_finetune
 
     root = cache_root(config)
@@ -86,6 +87,7 @@ def _finetuned(
         run_name = "finetune-" + _digest(*(paths[role].name for role in missing))
         storage = root / "ray_runs"
         storage.mkdir(parents=True, exist_ok=True)
+        ensure_ray()
         run_finetune(
             jobs,
             base,
@@ -103,9 +105,13 @@ def prepare_embedded(
     config: EmbeddedConfig, forget_split: str, log: Callable[[str], None] = print
 ) -> EmbeddedAssets:
     """Generate (or reuse) the benchmark and fine-tune (or reuse) the target and retain models for
-    ``forget_split``; needs a running Ray cluster only when a model has to be trained."""
+    ``forget_split``; starts or joins Ray (:func:`~baldro_ray.cluster.ensure_ray`) only when a model has to be
+    trained."""
     if forget_split not in RETAIN_OF_FORGET:
-        raise ValueError(f"forget split {forget_split!r} unknown; expected one of {sorted(RETAIN_OF_FORGET)}")
+        raise ConfigError(
+            f"data.forget_split={forget_split!r}: no such split in the embedded benchmark; "
+            f"forget splits available: {sorted(RETAIN_OF_FORGET)}"
+        )
     root = cache_root(config)
     data_dir = write_benchmark(config.benchmark, root / f"benchmark-{_digest(asdict(config.benchmark))}")
     content = json.loads((data_dir / MANIFEST_NAME).read_text())["content_sha256"]

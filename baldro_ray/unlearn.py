@@ -1,8 +1,10 @@
 """The driver of an unlearning run: resolve and validate everything, score the reference once, run Ray Train.
 
 Invariant: every problem a configuration can have (unknown method, bad ZeRO settings, batch larger than the forget
-set, missing model, tokenizer/model vocabulary mismatch, bad data files, forget/retain overlap) is raised by
-:func:`resolve_run` before a worker starts; the run's output folder is complete or absent.
+set, missing model, tokenizer/model vocabulary mismatch, bad data files, unknown split names, forget/retain overlap,
+an unreachable tracking server) is raised by :func:`resolve_run` as a ``UserError`` before Ray starts (for the
+embedded benchmark: before Ray fine-tunes its models) and before anything is written under ``output_dir``; the
+run's output folder is complete or absent.
 """
 
 from __future__ import annotations
@@ -54,30 +56,38 @@ class UnlearnOutcome:
         return self.output_dir / TRAJECTORY_FILE
 
 
-def _check_model(path: str) -> None:
-    """Config and tokenizer only (cheap even for a 7B model): the weights load in the workers."""
+def check_model(path: str, key: str = "model.name_or_path") -> None:
+    """Raise ``ConfigError`` naming ``key`` unless ``path`` is a loadable model whose tokenizer fits its vocabulary.
+
+    Config and tokenizer only (cheap even for a 7B model): the weights load in the workers.
+    """
     from transformers import AutoConfig, AutoTokenizer
 
     from baldro_ray.models.tiny import check_vocabulary
 
     if not os.path.exists(path) and not is_hub_id(path):
-        raise ConfigError(f"model.name_or_path {path!r} does not exist (and is not an 'owner/name' hub id)")
+        raise ConfigError(f"{key} {path!r} does not exist (and is not an 'owner/name' hub id)")
     try:
         vocab = AutoConfig.from_pretrained(path).vocab_size
         tokens = len(AutoTokenizer.from_pretrained(path))
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model.name_or_path {path!r} cannot be loaded: {err}") from err
+        raise ConfigError(f"{key} {path!r} cannot be loaded: {err}") from err
     try:
         check_vocabulary(tokens, vocab, path)
     except ValueError as err:
-        raise ConfigError(f"model.name_or_path: {err}") from None
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def resolve_run(
     config: RunConfig, name: str | None = None, log: Callable[[str], None] = print
 ) -> ResolvedRun:
-    """Load data and model references and validate the whole run, before any worker starts."""
-    from baldro_ray.data.sources import build_source, check_disjoint
+    """Load data and model references and validate the whole run, before Ray starts and before any worker.
+
+    With ``data.source=synthetic`` the embedded benchmark is prepared here, which starts Ray only when its models
+    have to be fine-tuned.
+    """
+    from baldro_ray.data.sources import build_source, check_disjoint, check_subset
+    from baldro_ray.tracking.recorder import check_reachable
     from baldro_ray.train.backend import BackendSpec, validate_deepspeed_config
 
     ds, trainer = config.trainer.deepspeed, config.trainer
@@ -85,9 +95,12 @@ def resolve_run(
         validate_deepspeed_config(BackendSpec(ds.zero_stage, ds.offload_optimizer, ds.offload_param, ds.bf16))
     except ValueError as err:
         raise ConfigError(f"trainer.deepspeed: {err}") from None
+    check_reachable(config.tracking, Path(config.output_dir).expanduser().resolve())
     data_dir: Path | None = None
     retain_model: str | None = None
     model_path = config.model.name_or_path
+    if model_path != "tiny":
+        check_model(model_path)
     if config.data.source == "synthetic":
         from baldro_ray.embedded import prepare_embedded
 
@@ -105,9 +118,11 @@ def resolve_run(
         raise ConfigError(
             "model.name_or_path 'tiny' is the embedded benchmark's model: it needs data.source=synthetic"
         )
-    _check_model(model_path)
-    forget = source.load(config.data.forget_split)
     uses_retain = get_forget_loss(config.method.name).uses_retain
+    location = data_dir or config.data.location
+    for key in ("forget_split", "retain_split") if uses_retain else ("forget_split",):
+        check_subset(source, getattr(config.data, key), f"data.{key}", location)
+    forget = source.load(config.data.forget_split)
     retain = source.load(config.data.retain_split) if uses_retain else []
     for split, rows in ((config.data.forget_split, forget), (config.data.retain_split, retain)):
         if rows and not {"question", "answer"} <= set(rows[0]):

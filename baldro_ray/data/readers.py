@@ -14,6 +14,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from baldro_ray.errors import UserError
+
 Form = Literal["jsonl", "json", "parquet"]
 
 # Suffixes a source looks for when it maps a subset name to a file.
@@ -22,7 +24,7 @@ DATA_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet")
 _PARQUET_MAGIC = b"PAR1"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file or split is unusable; the message names the file, the row and the field at fault."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from baldro_ray.errors import UserError
 from baldro_ray.models.tiny import TINY_TEMPLATE
 from baldro_ray.objectives.nll import IGNORE_INDEX
 
@@ -66,7 +67,7 @@ def resolve_template(value: str | Mapping[str, Any]) -> PromptTemplate:
     return PromptTemplate(**value)
 
 
-class EncodingError(ValueError):
+class EncodingError(UserError, ValueError):
     """A sample that cannot be trained on (its answer has no token left)."""
 
 

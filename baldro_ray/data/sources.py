@@ -174,6 +174,20 @@ def check_disjoint(
             )
 
 
+def check_subset(source: DataSource, subset: str, key: str, location: str | Path) -> None:
+    """Raise one ``DataError`` naming the configuration ``key``, the ``subset`` it asks for and the subsets
+    available when ``source`` reads local files and has no such subset. A hub dataset is not checked here: its
+    configs are known only to the hub, which names the missing one when it is loaded."""
+    if isinstance(source, TofuSource | MuseSource) and source.folder is None:
+        return
+    available = source.subsets()
+    if subset not in available:
+        raise DataError(
+            f"{key}={subset!r}: no such split in {location}; splits available: {available}"
+            f"{_closest(subset, available)}"
+        )
+
+
 def chunk_text(texts: Iterable[str], tokenizer: Tokenizer | None, max_length: int) -> list[str]:
     """Split each text into consecutive pieces of at most ``max_length`` tokens (characters when
     ``tokenizer`` is None), in order; a piece never spans two texts and whitespace-only pieces are dropped.
@@ -251,31 +265,33 @@ def _load_hub(name: str, config: str, split: str, schema: str) -> Rows:
 class TofuSource:
     """TOFU subsets from a local folder (``<subset>.json|.jsonl|.parquet``) or the hub (``locuslab/TOFU``).
 
-    Invariant: ``load(subset)`` returns non-empty rows valid for ``tofu_schema(subset)``.
+    Invariant: ``load(subset)`` returns non-empty rows valid for ``tofu_schema(subset)``; ``folder`` is the local
+    folder, None for a hub name.
     """
 
     def __init__(self, location: str | Path = TOFU_HUB_NAME) -> None:
         self.location = location
-        self._folder = _resolve(location)
+        self.folder = _resolve(location)
 
     def subsets(self) -> list[str]:
         """Subsets with a data file in the folder, or every hub config."""
-        if self._folder is None:
+        if self.folder is None:
             return list(TOFU_SUBSETS)
-        return sorted({path.stem for path in _data_files(self._folder)})
+        return sorted({path.stem for path in _data_files(self.folder)})
 
     def load(self, subset: str) -> Rows:
         schema = tofu_schema(subset)
-        if self._folder is None:
+        if self.folder is None:
             return _load_hub(str(self.location), subset, TOFU_HUB_SPLIT, schema)
-        return _load_file(_find_file(self._folder, subset, TOFU_SUBSETS), schema)
+        return _load_file(_find_file(self.folder, subset, TOFU_SUBSETS), schema)
 
 
 class MuseSource:
     """MUSE subsets ``"<config>/<split>"`` from a local folder (layout in the module docstring) or the hub.
 
     Invariant: ``load`` returns non-empty rows valid for the config's schema; ``raw`` rows are
-    ``{"text": chunk}`` with each chunk at most ``max_length`` tokens of ``tokenizer`` (characters if None).
+    ``{"text": chunk}`` with each chunk at most ``max_length`` tokens of ``tokenizer`` (characters if None);
+    ``folder`` is the local folder, None for a hub name.
     """
 
     def __init__(
@@ -284,17 +300,17 @@ class MuseSource:
         self.location = location
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self._folder = _resolve(location)
+        self.folder = _resolve(location)
 
     def subsets(self) -> list[str]:
         """``config/split`` names with a data file in the folder, or every name in ``MUSE_CONFIGS``."""
-        if self._folder is None:
+        if self.folder is None:
             return [f"{config}/{split}" for config, (_, splits) in MUSE_CONFIGS.items() for split in splits]
         return [
             f"{config}/{path.stem}"
             for config in MUSE_CONFIGS
-            if (self._folder / config).is_dir()
-            for path in _data_files(self._folder / config)
+            if (self.folder / config).is_dir()
+            for path in _data_files(self.folder / config)
         ]
 
     def load(self, subset: str) -> Rows:
@@ -305,10 +321,10 @@ class MuseSource:
                 f"{list(MUSE_CONFIGS)}{_closest(config, MUSE_CONFIGS)}"
             )
         schema, splits = MUSE_CONFIGS[config]
-        if self._folder is None:
+        if self.folder is None:
             rows = _load_hub(str(self.location), config, split, schema)
         else:
-            rows = _load_file(_find_file(self._folder / config, split, splits), schema)
+            rows = _load_file(_find_file(self.folder / config, split, splits), schema)
         if config not in MUSE_CHUNKED_CONFIGS:
             return rows
         texts = chunk_text((row["text"] for row in rows), self.tokenizer, self.max_length)

@@ -75,7 +75,7 @@ def plan_evaluation(
     """The evaluation plan of ``config``; ``data_dir`` and ``retain_model`` are the embedded benchmark's folder and
     retain model when ``data.source`` is synthetic. Raises :class:`ConfigError` for any problem."""
     from baldro_ray.data.readers import DataError, read_records
-    from baldro_ray.data.sources import build_source
+    from baldro_ray.data.sources import build_source, check_subset
 
     evaluation, data = config.evaluation, config.data
     if data.source == "files":
@@ -103,6 +103,9 @@ def plan_evaluation(
         raise ConfigError(
             f"evaluation.retain_model {retain!r} does not exist (and is not an 'owner/name' hub id)"
         )
+    if benchmark == "TOFU":
+        for key in ("forget_split", "holdout_split"):
+            check_subset(source, getattr(data, key), f"data.{key}", location)
     for subset in _required_subsets(benchmark, data.forget_split, data.holdout_split):
         try:
             source.load(subset)

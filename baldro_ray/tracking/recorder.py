@@ -54,16 +54,23 @@ _CHECK_ENV = {  # the pre-training check must fail in seconds, not after MLflow'
 }
 
 
+def _local_uri(output_dir: Path) -> str:
+    return f"sqlite:///{Path(output_dir).resolve() / LOCAL_DB}"
+
+
 def local_tracking_uri(output_dir: Path) -> str:
     """``sqlite:///<absolute output_dir>/mlflow.db``; creates ``output_dir``."""
-    folder = Path(output_dir).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / LOCAL_DB}"
+    Path(output_dir).resolve().mkdir(parents=True, exist_ok=True)
+    return _local_uri(output_dir)
+
+
+def _configured_uri(settings: TrackingConfig) -> str | None:
+    return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def resolve_tracking_uri(settings: TrackingConfig, output_dir: Path) -> str:
     """``settings.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else :func:`local_tracking_uri`."""
-    return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(output_dir)
+    return _configured_uri(settings) or local_tracking_uri(output_dir)
 
 
 def _redact(uri: str) -> str:
@@ -115,6 +122,48 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _probe(uri: str, experiment: str) -> str | None:
+    """None when the store at ``uri`` answers within seconds (``experiment`` exists afterwards), else the first
+    line of what went wrong; a deleted experiment raises its own ``ConfigError``."""
+    try:
+        with _environ(_CHECK_ENV):
+            ensure_experiment(MlflowClient(uri), experiment)
+        return None
+    except ConfigError:
+        raise
+    except Exception as err:
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:600]
+
+
+def _unusable(settings: TrackingConfig, uri: str, problem: str, output_dir: Path) -> ConfigError:
+    if settings.tracking_uri:
+        key = "tracking.tracking_uri"
+    else:
+        key = "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "output_dir"
+    return ConfigError(
+        f"{key}={_redact(uri)}: MLflow tracking store not usable (get or create experiment "
+        f"{settings.experiment!r} failed: {problem}); start the tracking server or fix {key}, "
+        f"or set tracking.on_unreachable=local to record into {_local_uri(output_dir)} and sync later"
+    )
+
+
+def check_reachable(settings: TrackingConfig, output_dir: Path) -> None:
+    """Raise :class:`ConfigError` when a tracking server is configured, does not answer within seconds and
+    ``on_unreachable=fail``; writes nothing under ``output_dir``, so it can run before anything starts.
+
+    Local stores (the embedded sqlite default, ``sqlite:``/``file:`` URIs) and the ``on_unreachable=local``
+    fallback are left to :func:`check_tracking`, which creates them when the run starts.
+    """
+    uri = _configured_uri(settings)
+    if not settings.enabled or uri is None or settings.on_unreachable == "local":
+        return
+    if urlsplit(uri).scheme in ("", "file", "sqlite"):
+        return
+    problem = _probe(uri, settings.experiment)
+    if problem is not None:
+        raise _unusable(settings, uri, problem, output_dir)
+
+
 def check_tracking(settings: TrackingConfig, output_dir: Path) -> str:
     """The tracking URI to record into, verified before any compute (the experiment exists afterwards).
 
@@ -122,21 +171,12 @@ def check_tracking(settings: TrackingConfig, output_dir: Path) -> str:
     sqlite store under ``output_dir`` and writes ``mlflow_pending_sync.json`` naming the intended store.
     """
     uri = resolve_tracking_uri(settings, output_dir)
-    try:
-        with _environ(_CHECK_ENV):
-            ensure_experiment(MlflowClient(uri), settings.experiment)
+    problem = _probe(uri, settings.experiment)
+    if problem is None:
         return uri
-    except ConfigError:
-        raise
-    except Exception as err:
-        problem = (str(err).strip().splitlines() or [type(err).__name__])[0][:600]
+    if settings.on_unreachable == "fail" or uri == _local_uri(output_dir):
+        raise _unusable(settings, uri, problem, output_dir)
     local = local_tracking_uri(output_dir)
-    if settings.on_unreachable == "fail" or uri == local:
-        raise ConfigError(
-            f"MLflow tracking store {_redact(uri)} is not usable (get or create experiment "
-            f"{settings.experiment!r} failed: {problem}). Start the tracking server or fix tracking.tracking_uri, "
-            f"or set tracking.on_unreachable=local to record into {local} and sync later"
-        )
     ensure_experiment(MlflowClient(local), settings.experiment)
     marker = Path(output_dir) / PENDING_SYNC_FILE
     record = {

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from baldro_ray.atomic import write_json, write_text
+from baldro_ray.cluster import ensure_ray
 from baldro_ray.config import ConfigError, RunConfig
 from baldro_ray.run_folder import MODEL_DIR, SCORE_KEY
 from baldro_ray.tune.results import (
@@ -163,7 +164,7 @@ def _prepare(sweep: Sweep, name: str, log: Callable[[str], None]) -> ResolvedRun
 
 
 def run_sweep(sweep: Sweep, name: str | None = None, log: Callable[[str], None] = print) -> SweepOutcome:
-    """Validate, record the sweep, and run it on the connected Ray cluster."""
+    """Validate (before Ray starts), record the sweep, and run it on the cluster :func:`ensure_ray` joins."""
     from baldro_ray.tracking.run_records import open_recorder
 
     config = sweep.base_config()
@@ -174,6 +175,7 @@ def run_sweep(sweep: Sweep, name: str | None = None, log: Callable[[str], None] 
             f"sweep folder {folder} already exists: restore it (baldro-ray tune --restore {folder})"
         )
     base = _prepare(sweep, name, log)
+    ensure_ray()
     parent = open_recorder(config, folder.parent, name)
     folder.mkdir(parents=True)
     write_text(
@@ -197,6 +199,7 @@ def restore_sweep(folder: str | Path, log: Callable[[str], None] = print) -> Swe
         raise ConfigError(f"{folder} is not a sweep folder with a Tune experiment to restore")
     sweep = load_sweep(folder / SWEEP_FILE)
     base = _prepare(sweep, folder.name, log)
+    ensure_ray()
     state = json.loads((folder / STATE_FILE).read_text())
     parent = (
         None if state is None else RunRecorder.attach(state["tracking_uri"], state["parent_run_id"], True)

@@ -19,6 +19,7 @@ from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, 
 from baldro_ray.tracking.recorder import (
     PENDING_SYNC_FILE,
     RunRecorder,
+    check_reachable,
     check_tracking,
     git_commit,
     local_tracking_uri,
@@ -169,7 +170,7 @@ def test_check_tracking_unreachable(tmp_path: Path) -> None:
         check_tracking(TrackingConfig(tracking_uri=remote), tmp_path / "a")
     assert time.monotonic() - began < 10
     assert remote in str(caught.value) and "on_unreachable=local" in str(caught.value)
-    assert not (tmp_path / "a" / PENDING_SYNC_FILE).exists()
+    assert not (tmp_path / "a").exists()  # failing writes nothing, not even the folder its message names
 
     settings = TrackingConfig(tracking_uri=remote, on_unreachable="local", experiment="exp-z")
     with pytest.warns(RuntimeWarning, match="unreachable"):
@@ -179,6 +180,16 @@ def test_check_tracking_unreachable(tmp_path: Path) -> None:
     assert marker["intended_tracking_uri"] == remote and marker["local_tracking_uri"] == uri
     assert marker["experiment"] == "exp-z"
     assert MlflowClient(uri).get_experiment_by_name("exp-z") is not None
+
+
+def test_check_reachable_writes_nothing(tmp_path: Path) -> None:
+    remote = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ConfigError, match=f"tracking.tracking_uri={remote}: .*on_unreachable=local"):
+        check_reachable(TrackingConfig(tracking_uri=remote), tmp_path / "out")
+    # Left to check_tracking, which creates them when the run starts: the local default and the local fallback.
+    check_reachable(TrackingConfig(), tmp_path / "out")
+    check_reachable(TrackingConfig(tracking_uri=remote, on_unreachable="local"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def _log_and_load_model(uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
