@@ -109,21 +109,16 @@ def _evaluate(
 
     from baldro_ray.cluster import ensure_ray
     from baldro_ray.eval.evaluate import evaluate_and_report, plan_evaluation, references
+    from baldro_ray.inputs import resolve_inputs
     from baldro_ray.unlearn import check_model
 
     config = load_config(config_path, overrides)
     check_model(model, "--model")
-    data_dir, retain_model, target = None, None, target or config.model.name_or_path
-    if config.data.source == "synthetic":
-        from baldro_ray.embedded import prepare_embedded
-
-        assets = prepare_embedded(config.embedded, config.data.forget_split)
-        data_dir, retain_model = assets.data_dir, str(assets.retain_model)
-        target = str(assets.target_model) if target == "tiny" else target
-    plan = plan_evaluation(config, data_dir, retain_model)
+    inputs = resolve_inputs(config)
+    plan = plan_evaluation(config, inputs.location, inputs.retain_model)
     ensure_ray()
     folder = Path(out or Path(config.output_dir) / f"eval-{Path(model).name}")
-    (summary,) = evaluate_and_report(plan, [(model, folder)], references(plan, target))
+    (summary,) = evaluate_and_report(plan, [(model, folder)], references(plan, target or inputs.model_path))
     print(json.dumps(summary, indent=2))
     print(f"report: {folder}")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from baldro_ray.config import ConfigError, RunConfig, dump_config
+from baldro_ray.data.render import PromptTemplate
 from baldro_ray.hub import is_hub_id
 from baldro_ray.objectives import get_forget_loss
 from baldro_ray.run_folder import CONFIG_FILE, MODEL_DIR, TRAJECTORY_FILE, RunSummary, best_epoch
@@ -29,9 +30,9 @@ class ResolvedRun:
 
     config: RunConfig
     model_path: str
+    template: PromptTemplate
     forget_rows: list[dict[str, Any]]
     retain_rows: list[dict[str, Any]]
-    data_dir: Path | None
     name: str
     eval_plan: Any = None  # an eval.evaluate.EvalPlan when evaluation.enabled
 
@@ -86,7 +87,8 @@ def resolve_run(
     With ``data.source=synthetic`` the embedded benchmark is prepared here, which starts Ray only when its models
     have to be fine-tuned.
     """
-    from baldro_ray.data.sources import build_source, check_disjoint, check_subset
+    from baldro_ray.data.sources import check_disjoint, check_subset
+    from baldro_ray.inputs import EMBEDDED_MODEL, resolve_inputs
     from baldro_ray.tracking.recorder import check_reachable
     from baldro_ray.train.backend import BackendSpec, validate_deepspeed_config
 
@@ -96,32 +98,13 @@ def resolve_run(
     except ValueError as err:
         raise ConfigError(f"trainer.deepspeed: {err}") from None
     check_reachable(config.tracking, Path(config.output_dir).expanduser().resolve())
-    data_dir: Path | None = None
-    retain_model: str | None = None
-    model_path = config.model.name_or_path
-    if model_path != "tiny":
-        check_model(model_path)
-    if config.data.source == "synthetic":
-        from baldro_ray.embedded import prepare_embedded
-
-        assets = prepare_embedded(config.embedded, config.data.forget_split, log)
-        data_dir = assets.data_dir
-        source = build_source("synthetic", data_dir)
-        retain_model = str(assets.retain_model)
-        if model_path == "tiny":
-            model_path = str(assets.target_model)
-    else:
-        if config.data.location is None:
-            raise ConfigError(f"data.location is required for data.source={config.data.source!r}")
-        source = build_source(config.data.source, config.data.location)
-    if model_path == "tiny":
-        raise ConfigError(
-            "model.name_or_path 'tiny' is the embedded benchmark's model: it needs data.source=synthetic"
-        )
+    if config.model.name_or_path != EMBEDDED_MODEL:
+        check_model(config.model.name_or_path)  # before the embedded benchmark's models may be fine-tuned
+    inputs = resolve_inputs(config, log)
+    source = inputs.source
     uses_retain = get_forget_loss(config.method.name).uses_retain
-    location = data_dir or config.data.location
     for key in ("forget_split", "retain_split") if uses_retain else ("forget_split",):
-        check_subset(source, getattr(config.data, key), f"data.{key}", location)
+        check_subset(source, getattr(config.data, key), f"data.{key}", inputs.location)
     forget = source.load(config.data.forget_split)
     retain = source.load(config.data.retain_split) if uses_retain else []
     for split, rows in ((config.data.forget_split, forget), (config.data.retain_split, retain)):
@@ -145,9 +128,11 @@ def resolve_run(
     if config.evaluation.enabled:
         from baldro_ray.eval.evaluate import plan_evaluation
 
-        plan = plan_evaluation(config, data_dir, retain_model)
+        plan = plan_evaluation(config, inputs.location, inputs.retain_model)
     default_name = f"{config.method.name}-{config.method.dro.type}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return ResolvedRun(config, model_path, forget, retain, data_dir, name or default_name, plan)
+    return ResolvedRun(
+        config, inputs.model_path, config.model.prompt_template(), forget, retain, name or default_name, plan
+    )
 
 
 def _forget_dataset(run: ResolvedRun) -> Any:
@@ -158,7 +143,7 @@ def _forget_dataset(run: ResolvedRun) -> Any:
     dataset = qa_dataset(
         run.forget_rows,
         run.model_path,
-        config.model.prompt_template(),
+        run.template,
         config.trainer.max_length,
         config.data.forget_split,
     )
@@ -193,7 +178,7 @@ def build_datasets(run: ResolvedRun) -> dict[str, Any]:
         datasets["retain"] = qa_dataset(
             run.retain_rows,
             run.model_path,
-            config.model.prompt_template(),
+            run.template,
             config.trainer.max_length,
             config.data.retain_split,
         )

@@ -40,7 +40,7 @@ def evaluation_run(
 
     config = load_config(overrides=[*overrides, f"evaluation.replicas={replicas}"])
     assets = prepare_embedded(config.embedded, config.data.forget_split, log=lambda _: None)
-    plan = plan_evaluation(config, assets.data_dir, str(assets.retain_model))
+    plan = plan_evaluation(config, str(assets.data_dir), str(assets.retain_model))
     model = str(assets.target_model)
     copies = [workdir / f"target-copy-{i}" for i in range(1, models)]
     for copy in copies:

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, int]] = [
     ("baldro_ray.eval", 4),
     ("baldro_ray.tracking", 4),
     ("baldro_ray.embedded", 5),
+    ("baldro_ray.inputs", 5),
     ("baldro_ray.unlearn", 5),
     ("baldro_ray.tune", 5),
     ("baldro_ray.quickstart", 5),
@@ -36,7 +37,8 @@ LAYERS: list[tuple[str, int]] = [
 
 # Imports within one layer that the table allows: layer 5's drivers build on each other in this order.
 SAME_LAYER_USES = {
-    "baldro_ray.unlearn": ("baldro_ray.embedded",),
+    "baldro_ray.inputs": ("baldro_ray.embedded",),
+    "baldro_ray.unlearn": ("baldro_ray.inputs", "baldro_ray.embedded"),
     "baldro_ray.tune": ("baldro_ray.unlearn", "baldro_ray.embedded"),
     "baldro_ray.quickstart": ("baldro_ray.unlearn", "baldro_ray.embedded"),
 }

@@ -69,11 +69,10 @@ def _required_subsets(benchmark: str, forget_split: str, holdout_split: str) -> 
     return [spec.subset.format(forget_split=forget_split) for spec in SPLITS] + [forget_split, holdout_split]
 
 
-def plan_evaluation(
-    config: RunConfig, data_dir: Path | None = None, retain_model: str | None = None
-) -> EvalPlan:
-    """The evaluation plan of ``config``; ``data_dir`` and ``retain_model`` are the embedded benchmark's folder and
-    retain model when ``data.source`` is synthetic. Raises :class:`ConfigError` for any problem."""
+def plan_evaluation(config: RunConfig, location: str, retain_model: str | None = None) -> EvalPlan:
+    """The evaluation plan of ``config`` on the benchmark at ``location`` (``inputs.RunInputs``: the folder or hub
+    name, resolved); ``retain_model`` is the benchmark's own retain model, which ``evaluation.retain_model``
+    overrides. Raises :class:`ConfigError` for any problem."""
     from baldro_ray.data.readers import DataError, read_records
     from baldro_ray.data.sources import build_source, check_subset
 
@@ -82,9 +81,6 @@ def plan_evaluation(
         raise ConfigError(
             "evaluation needs a benchmark (data.source synthetic, tofu or muse); set evaluation.enabled=false"
         )
-    location = str(data_dir) if data.source == "synthetic" else data.location
-    if location is None:
-        raise ConfigError(f"data.location is required for data.source={data.source!r}")
     benchmark = "MUSE" if data.source == "muse" else "TOFU"
     if benchmark == "MUSE" and evaluation.objective == "utility_at_fq_floor":
         raise ConfigError(

@@ -148,7 +148,7 @@ def test_muse_through_the_run_plan_on_replicas(
             f"embedded.cache_dir={tmp_path / 'cache'}",
         ]
     )
-    plan = plan_evaluation(config)
+    plan = plan_evaluation(config, config.data.location)
     refs = references(plan, None, log=lambda _: None)
     (summary,) = evaluate_and_report(plan, [(str(tmp_path / "model"), tmp_path / "report")], refs)
     written = json.loads((tmp_path / "report" / "MUSE_EVAL.json").read_text())

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.ray]
 def _plan(embedded_tiny: tuple[list[str], Any], *overrides: str) -> Any:
     base, assets = embedded_tiny
     config = load_config(overrides=[*base, "evaluation.max_new_tokens=16", *overrides])
-    return plan_evaluation(config, assets.data_dir, str(assets.retain_model))
+    return plan_evaluation(config, str(assets.data_dir), str(assets.retain_model))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_missing_benchmark_subset_fails_before_evaluating(tmp_path: Path) -> Non
     (tmp_path / "forget10.json").write_text('{"question": "q?", "answer": "a."}\n')
     config = load_config(overrides=["data.source=tofu", f"data.location={tmp_path}"])
     with pytest.raises(ConfigError, match=r"(?s)forget10_perturbed.*evaluation.enabled=false"):
-        plan_evaluation(config)
+        plan_evaluation(config, config.data.location)
 
 
 def test_missing_retain_model_fails_before_evaluating(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_missing_retain_model_fails_before_evaluating(tmp_path: Path) -> None:
         overrides=["data.source=tofu", f"data.location={tmp_path}", f"evaluation.retain_model={missing}"]
     )
     with pytest.raises(ConfigError, match=f"evaluation.retain_model '{missing}' does not exist"):
-        plan_evaluation(config)
+        plan_evaluation(config, config.data.location)
 
 
 @pytest.mark.timeout(300)

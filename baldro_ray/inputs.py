@@ -1,0 +1,51 @@
+"""Where a run's data and models come from, decided once for every command: the embedded benchmark or the user's.
+
+``data.source: synthetic`` is the embedded benchmark: its folder and its tiny target and retain models are prepared
+here on first use (fine-tuned on Ray when not cached) and ``model.name_or_path: tiny`` names its target model.
+Anything else is the user's folder or hub name. The unlearn driver, ``eval`` and the quickstart read the result and
+never branch on the source again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from baldro_ray.config import ConfigError, RunConfig
+from baldro_ray.data.sources import DataSource, build_source
+
+EMBEDDED_MODEL = "tiny"
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The data and models a configuration names, resolved."""
+
+    source: DataSource  # reads the benchmark's subsets
+    location: str  # the data folder or hub dataset name (the embedded benchmark's folder for synthetic)
+    model_path: str  # the model to unlearn or the evaluation's target (``tiny`` resolved)
+    retain_model: str | None  # the benchmark's own retain model (the embedded one), None for the user's data
+
+
+def resolve_inputs(config: RunConfig, log: Callable[[str], None] = print) -> RunInputs:
+    """Resolve ``config``'s data and models, preparing the embedded benchmark when it is the source.
+
+    Raises :class:`ConfigError` for the embedded model on the user's data and for a non-embedded source without
+    ``data.location``.
+    """
+    data, model_path = config.data, config.model.name_or_path
+    if data.source == "synthetic":
+        from baldro_ray.embedded import prepare_embedded
+
+        assets = prepare_embedded(config.embedded, data.forget_split, log)
+        if model_path == EMBEDDED_MODEL:
+            model_path = str(assets.target_model)
+        location = str(assets.data_dir)
+        return RunInputs(build_source("synthetic", location), location, model_path, str(assets.retain_model))
+    if model_path == EMBEDDED_MODEL:
+        raise ConfigError(
+            "model.name_or_path 'tiny' is the embedded benchmark's model: it needs data.source=synthetic"
+        )
+    if data.location is None:
+        raise ConfigError(f"data.location is required for data.source={data.source!r}")
+    return RunInputs(build_source(data.source, data.location), data.location, model_path, None)
