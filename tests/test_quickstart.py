@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from baldro_ray.config import ConfigError, load_config
 from baldro_ray.quickstart import TABLE_FILE, run_quickstart
+from baldro_ray.run_folder import RunSummary
 from baldro_ray.unlearn import resolve_run, run_unlearn
 
 pytestmark = [pytest.mark.ray]
@@ -81,8 +82,8 @@ def test_quickstart_records_in_mlflow(embedded_tiny, tmp_path: Path, monkeypatch
     runs = sorted(p for p in tmp_path.iterdir() if p.name.startswith("quickstart-") and p != result.folder)
     assert len(runs) == 2
     for folder in runs:
-        summary = json.loads((folder / "summary.json").read_text())
-        assert [e["epoch"] for e in summary["evaluations"]] == [1, 2] and summary["best_epoch"] in (1, 2)
+        summary = RunSummary.read(folder)  # the schema Tune trials write too (tests/tune/test_sweep.py)
+        assert [e["epoch"] for e in summary.evaluations] == [1, 2] and summary.best_epoch in (1, 2)
         assert (folder / "best_model" / "config.json").is_file()
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
