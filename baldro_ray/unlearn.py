@@ -89,7 +89,7 @@ def resolve_run(
     """
     from baldro_ray.data.sources import check_disjoint, check_subset
     from baldro_ray.inputs import EMBEDDED_MODEL, resolve_inputs
-    from baldro_ray.tracking.recorder import check_reachable
+    from baldro_ray.tracking.store import check_reachable
     from baldro_ray.train.backend import BackendSpec, validate_deepspeed_config
 
     ds, trainer = config.trainer.deepspeed, config.trainer

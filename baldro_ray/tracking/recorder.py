@@ -1,10 +1,8 @@
-"""MLflow records of unlearning runs: where they go, a reachability check before training, one run's recorder.
+"""One unlearning run's MLflow records: params, tags, metrics, artifacts and the model (the store: ``store.py``).
 
 Invariants: a run created here never stays RUNNING after an exception in our code (``RunRecorder.start`` ends it
 FAILED if its set-up fails, the context manager if the body raises; an :meth:`RunRecorder.attach` recorder never ends
-the run, its owner does). Records are never dropped silently: with an unreachable server and
-``on_unreachable=local`` they go to the sqlite store under ``output_dir``, and ``mlflow_pending_sync.json`` there
-names both stores. Only finite metric values are logged; a sqlite store keeps artifacts in ``output_dir/mlartifacts``.
+the run, its owner does). Only finite metric values are logged.
 """
 
 from __future__ import annotations
@@ -14,16 +12,13 @@ import functools
 import importlib.metadata
 import json
 import math
-import os
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,166 +28,16 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from packaging.version import Version
 
 from baldro_ray.config import (
-    ConfigError,
     RunConfig,
-    TrackingConfig,
     dro_settings_in_use,
     dump_config,
     flatten_config,
 )
+from baldro_ray.tracking.store import ensure_experiment, scoped_environ
 
-LOCAL_DB = "mlflow.db"
-LOCAL_ARTIFACTS = "mlartifacts"
-PENDING_SYNC_FILE = "mlflow_pending_sync.json"
 MODEL_NAME = "model"
 # MLflow's limits (mlflow.utils.validation): values longer than this, or larger batches, are rejected.
 _PARAM_VALUE_MAX, _KEY_MAX, _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 6000, 250, 100, 1000
-_CHECK_ENV = {  # the pre-training check must fail in seconds, not after MLflow's ~4 minutes of retries
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-}
-
-
-def _local_uri(output_dir: Path) -> str:
-    return f"sqlite:///{Path(output_dir).resolve() / LOCAL_DB}"
-
-
-def local_tracking_uri(output_dir: Path) -> str:
-    """``sqlite:///<absolute output_dir>/mlflow.db``; creates ``output_dir``."""
-    Path(output_dir).resolve().mkdir(parents=True, exist_ok=True)
-    return _local_uri(output_dir)
-
-
-def _configured_uri(settings: TrackingConfig) -> str | None:
-    return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-
-
-def resolve_tracking_uri(settings: TrackingConfig, output_dir: Path) -> str:
-    """``settings.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else :func:`local_tracking_uri`."""
-    return _configured_uri(settings) or local_tracking_uri(output_dir)
-
-
-def _redact(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if absent; ConfigError if it is deleted.
-
-    A new experiment of a sqlite store keeps its artifacts in ``mlartifacts`` next to the database file (so
-    ``<output_dir>/mlartifacts`` for the default store), not in MLflow's default, ``./mlruns`` of the cwd.
-    """
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        db = client.tracking_uri.removeprefix("sqlite:///")
-        location = (
-            (Path(db).resolve().parent / LOCAL_ARTIFACTS).as_uri() if db != client.tracking_uri else None
-        )
-        try:
-            return client.create_experiment(name, artifact_location=location)
-        except Exception:
-            experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage == "deleted":
-        raise ConfigError(
-            f"MLflow experiment {name!r} in {_redact(client.tracking_uri)} is deleted: restore it "
-            "(mlflow experiments restore) or choose another tracking.experiment"
-        )
-    return experiment.experiment_id
-
-
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    """Set ``values`` in ``os.environ`` for the block; afterwards each key is as it was before (set or unset)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _probe(uri: str, experiment: str) -> str | None:
-    """None when the store at ``uri`` answers within seconds (``experiment`` exists afterwards), else the first
-    line of what went wrong; a deleted experiment raises its own ``ConfigError``."""
-    try:
-        with _environ(_CHECK_ENV):
-            ensure_experiment(MlflowClient(uri), experiment)
-        return None
-    except ConfigError:
-        raise
-    except Exception as err:
-        return (str(err).strip().splitlines() or [type(err).__name__])[0][:600]
-
-
-def _unusable(settings: TrackingConfig, uri: str, problem: str, output_dir: Path) -> ConfigError:
-    if settings.tracking_uri:
-        key = "tracking.tracking_uri"
-    else:
-        key = "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "output_dir"
-    return ConfigError(
-        f"{key}={_redact(uri)}: MLflow tracking store not usable (get or create experiment "
-        f"{settings.experiment!r} failed: {problem}); start the tracking server or fix {key}, "
-        f"or set tracking.on_unreachable=local to record into {_local_uri(output_dir)} and sync later"
-    )
-
-
-def check_reachable(settings: TrackingConfig, output_dir: Path) -> None:
-    """Raise :class:`ConfigError` when a tracking server is configured, does not answer within seconds and
-    ``on_unreachable=fail``; writes nothing under ``output_dir``, so it can run before anything starts.
-
-    Local stores (the embedded sqlite default, ``sqlite:``/``file:`` URIs) and the ``on_unreachable=local``
-    fallback are left to :func:`check_tracking`, which creates them when the run starts.
-    """
-    uri = _configured_uri(settings)
-    if not settings.enabled or uri is None or settings.on_unreachable == "local":
-        return
-    if urlsplit(uri).scheme in ("", "file", "sqlite"):
-        return
-    problem = _probe(uri, settings.experiment)
-    if problem is not None:
-        raise _unusable(settings, uri, problem, output_dir)
-
-
-def check_tracking(settings: TrackingConfig, output_dir: Path) -> str:
-    """The tracking URI to record into, verified before any compute (the experiment exists afterwards).
-
-    An unusable store raises :class:`ConfigError` (``on_unreachable=fail``) or, with ``local``, falls back to the
-    sqlite store under ``output_dir`` and writes ``mlflow_pending_sync.json`` naming the intended store.
-    """
-    uri = resolve_tracking_uri(settings, output_dir)
-    problem = _probe(uri, settings.experiment)
-    if problem is None:
-        return uri
-    if settings.on_unreachable == "fail" or uri == _local_uri(output_dir):
-        raise _unusable(settings, uri, problem, output_dir)
-    local = local_tracking_uri(output_dir)
-    ensure_experiment(MlflowClient(local), settings.experiment)
-    marker = Path(output_dir) / PENDING_SYNC_FILE
-    record = {
-        "intended_tracking_uri": _redact(uri),
-        "local_tracking_uri": local,
-        "experiment": settings.experiment,
-        "error": problem,
-        "created_at": datetime.now(UTC).isoformat(),
-        "note": "these runs were recorded locally; copy them to the intended store (e.g. mlflow-export-import)",
-    }
-    tmp = marker.with_name(f".{marker.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, marker)
-    message = f"MLflow tracking store {_redact(uri)} is unreachable ({problem}); recording into {local}"
-    warnings.warn(f"{message} instead, see {marker} to sync later", RuntimeWarning, stacklevel=2)
-    return local
 
 
 @functools.cache
@@ -369,8 +214,8 @@ class RunRecorder:
         try:
             source = _model_input(model_dir)
             # Model.log reaches store and registry through the global URI; MLflow's helper would then unset
-            # $MLFLOW_TRACKING_URI even if it was set before, hence _environ around it.
-            with _environ({"MLFLOW_TRACKING_URI": self.uri}), _use_tracking_uri(self.uri):
+            # $MLFLOW_TRACKING_URI even if it was set before, hence scoped_environ around it.
+            with scoped_environ({"MLFLOW_TRACKING_URI": self.uri}), _use_tracking_uri(self.uri):
                 model = self.client.create_logged_model(
                     self.experiment_id, MODEL_NAME, source_run_id=self.run_id
                 )

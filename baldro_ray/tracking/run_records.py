@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 from baldro_ray.config import RunConfig
 from baldro_ray.run_folder import MODEL_DIR, PLOTS_DIR, STEPS_FILE, TRAJECTORY_FILE
 from baldro_ray.tracking import plots
-from baldro_ray.tracking.recorder import RunRecorder, check_tracking
+from baldro_ray.tracking.recorder import RunRecorder
+from baldro_ray.tracking.store import check_tracking
 
 _ARTIFACT_SUFFIXES = (".json", ".yaml", ".parquet")
 _EPOCH_PLOT_KEYS = ("forget_quality", "forget_ks_statistic", "model_utility", "score")
@@ -27,13 +28,13 @@ def open_recorder(
 ) -> RunRecorder | None:
     """The run's recorder (a child of ``parent`` when given), after checking the store; None when tracking is
     off. Raises ``ConfigError`` for an unreachable store unless ``tracking.on_unreachable=local``."""
-    settings = config.tracking
-    if not settings.enabled:
+    tracking = config.tracking
+    if not tracking.enabled:
         return None
     if parent is not None:
         return parent.child(run_name, config)
-    uri = check_tracking(settings, output_root)
-    return RunRecorder.start(uri, settings.experiment, run_name, config)
+    uri = check_tracking(tracking, output_root)
+    return RunRecorder.start(uri, tracking.experiment, run_name, config)
 
 
 def write_plots(

@@ -16,12 +16,11 @@ from mlflow import MlflowClient
 
 from baldro_ray.config import ConfigError, RunConfig, TrackingConfig, load_config
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
-from baldro_ray.tracking.recorder import (
+from baldro_ray.tracking.recorder import RunRecorder, git_commit
+from baldro_ray.tracking.store import (
     PENDING_SYNC_FILE,
-    RunRecorder,
     check_reachable,
     check_tracking,
-    git_commit,
     local_tracking_uri,
     resolve_tracking_uri,
 )
