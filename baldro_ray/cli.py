@@ -6,7 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from baldro_ray import console
 from baldro_ray.config import ConfigError, dump_config, load_config
+
+VERBOSE_HELP = (
+    "show Ray's, Ray Train's, Ray Data's, DeepSpeed's and transformers' own output (quiet by default)"
+)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +24,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (also used to check cluster entrypoints)."""
     parser = argparse.ArgumentParser(prog="baldro-ray", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "objectives-demo",
@@ -68,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model before unlearning, for the forgetting-balance report; default: model.name_or_path",
     )
     evaluate.add_argument("--out", help="report folder; default: <output_dir>/eval-<model folder name>")
+    for command in commands.choices.values():  # also after the command; SUPPRESS keeps a flag given before it
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -186,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    console.configure(args.verbose)
     try:
         if args.command == "objectives-demo":
             from baldro_ray.objectives.demo import render_demo
