@@ -6,8 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from baldro_ray import console
 from baldro_ray.config import ConfigError, dump_config, load_config
 from baldro_ray.errors import UserError
+
+VERBOSE_HELP = (
+    "show Ray's, Ray Train's, Ray Data's, DeepSpeed's and transformers' own output (quiet by default)"
+)
+DEBUG_HELP = "show the traceback of an error instead of its one-line message"
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +26,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (also used to check cluster entrypoints)."""
     parser = argparse.ArgumentParser(prog="baldro-ray", description=__doc__)
-    parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error instead of its one-line message"
-    )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "objectives-demo",
@@ -72,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model before unlearning, for the forgetting-balance report; default: model.name_or_path",
     )
     evaluate.add_argument("--out", help="report folder; default: <output_dir>/eval-<model folder name>")
+    for command in commands.choices.values():  # also after the command; SUPPRESS keeps a flag given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -174,14 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (``--name x trainer.lr=1e-3``), which argparse alone does not allow.
     args, extra = parser.parse_known_args(argv)
-    # Also accepted after the subcommand, where only the subcommand's parser sees it.
-    debug = args.debug or "--debug" in extra
-    extra = [arg for arg in extra if arg != "--debug"]
     unknown = [arg for arg in extra if "=" not in arg or arg.startswith("-")]
     if unknown or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    console.configure(args.verbose)
     try:
         if args.command == "objectives-demo":
             from baldro_ray.objectives.demo import render_demo
@@ -200,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "eval":
             _evaluate(args.config, args.overrides, args.model, args.target, args.out)
     except UserError as err:
-        if debug:
+        if args.debug:
             raise
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         print(f"baldro-ray: error: {message or type(err).__name__}", file=sys.stderr)

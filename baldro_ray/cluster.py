@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+from baldro_ray import console
 from baldro_ray.errors import UserError
 
 # ray.init waits minutes for a head that is not there; a live head accepts a TCP connection at once.
@@ -36,36 +37,36 @@ def _check_address(address: str) -> None:
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by ``RAY_ADDRESS`` (``ray job submit`` sets it), else start a local one.
+    """Join the cluster named by ``RAY_ADDRESS`` (``ray job submit`` sets it), else start a local one (which
+    inherits this process's environment, the console's verbosity with it: :mod:`baldro_ray.console`).
 
     Idempotent: an already initialised Ray is left as it is (tests share one session cluster). A ``RAY_ADDRESS``
     where no cluster answers raises ``UserError`` within seconds instead of waiting for one.
     """
     import ray
 
-    # Ray Data's progress bars, drawn from every training worker, would bury the run's own progress lines.
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    # Likewise the per-load/per-save bars of transformers (workers of a local cluster inherit this environment).
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    console.quiet_process()
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    level = console.ray_logging_level()
     if address:
         _check_address(address)
         try:
-            ray.init(address=address)
+            ray.init(address=address, logging_level=level)
         except ConnectionError as err:
             problem = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise UserError(f"RAY_ADDRESS={address!r}: cannot join the cluster: {problem}") from err
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level=level)
 
 
 def worker_env() -> dict[str, str]:
-    """Environment for training workers: one OpenMP thread each (the worker sets torch threads itself)."""
+    """Environment for training workers: one OpenMP thread each (the worker sets torch threads itself), the
+    console's verbosity, and Ray Train's print left alone (its redirect printed every worker line twice)."""
     return {
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        **console.process_env(),
     }

@@ -191,15 +191,18 @@ def build_trainer(
     storage_path: Path,
     tracking: dict[str, str] | None = None,
     stop_epoch: int | None = None,
+    progress: Any = None,
 ) -> Any:
     """The run's ``TorchTrainer``. Fitting it again with the same ``storage_path`` resumes from the last epoch
     checkpoint there; ``stop_epoch`` ends the fit after that epoch (the learning-rate schedule stays the full
     run's), so a run can be trained one epoch per fit. ``tracking`` (``uri``, ``run_id``) is the MLflow run the
-    workers log steps into."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
+    workers log steps into; ``progress``, a :func:`baldro_ray.train.progress.watch_steps` mailbox, receives
+    rank 0's steps."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
+    from baldro_ray import console
     from baldro_ray.cluster import worker_env
     from baldro_ray.train.unlearn import unlearn_loop
 
@@ -211,6 +214,7 @@ def build_trainer(
             "model_path": run.model_path,
             "tracking": tracking,
             "stop_epoch": stop_epoch,
+            "progress": progress,
         },
         scaling_config=ScalingConfig(
             num_workers=config.trainer.num_workers,
@@ -227,6 +231,7 @@ def build_trainer(
                 num_to_keep=None if config.evaluation.per_epoch and stop_epoch is None else 2
             ),
             worker_runtime_env={"env_vars": worker_env()},
+            logging_config=LoggingConfig(log_level=console.train_log_level()),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),
@@ -237,12 +242,15 @@ def _run(run: ResolvedRun, recorder: Any, log: Callable[[str], None]) -> Unlearn
     from baldro_ray.atomic import staging_dir, write_text
     from baldro_ray.run_folder import collect_checkpoint
     from baldro_ray.tracking.run_records import record_run, write_plots
+    from baldro_ray.train.progress import training_progress
 
     config, out = run.config, run.output_dir
     started = time.perf_counter()
     tracking = None if recorder is None else {"uri": recorder.uri, "run_id": recorder.run_id}
     storage = out.parent / ".ray" / run.name / run.name
-    result = build_trainer(run, build_datasets(run), storage, tracking).fit()
+    datasets = build_datasets(run)
+    with training_progress() as progress:
+        result = build_trainer(run, datasets, storage, tracking, progress=progress).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"unlearning run {run.name} ended without a checkpoint: {result.error}")
     summary = RunSummary(

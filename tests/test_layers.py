@@ -19,6 +19,8 @@ LAYERS: list[tuple[str, int]] = [
     ("baldro_ray.hub", 0),
     ("baldro_ray.atomic", 0),
     ("baldro_ray.errors", 0),
+    ("baldro_ray.console", 0),
+    ("baldro_ray.bars", 1),
     ("baldro_ray.run_folder", 1),
     ("baldro_ray.models", 1),
     ("baldro_ray.cluster", 1),

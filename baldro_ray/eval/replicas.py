@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from baldro_ray.bars import open_bar
 from baldro_ray.data.render import PromptTemplate
 from baldro_ray.eval.inference import Request, Result, decode_request, encode_request, plan_chunks, scatter
 
@@ -106,10 +107,18 @@ class ReplicaInference:
             compute=ray.data.ActorPoolStrategy(size=self.replicas),
             num_cpus=self.cpus_per_replica,
             num_gpus=1 if self.use_gpu else 0,
-        ).take_all()
+        )
         by_job: list[dict[int, list[Result]]] = [{} for _ in model_paths]
-        for row in output:
-            by_job[int(row["job"])][int(row["chunk"])] = json.loads(row["results"])
+        bar = open_bar(len(model_paths) * len(unique), f"evaluating {len(model_paths)} model(s)", "request")
+        done = 0
+        try:
+            for row in output.iter_rows():
+                results = json.loads(row["results"])
+                by_job[int(row["job"])][int(row["chunk"])] = results
+                done += len(results)
+                bar.update_to(done)
+        finally:
+            bar.close()
         return [scatter(requests, unique, chunks, results) for results in by_job]
 
 
@@ -139,11 +148,13 @@ def score_reference(dataset: Any, model_path: str, dtype: str | None = None, bat
     The reference model of NPO is the model before unlearning and the forget rows never change, so this replaces
     the reference forward pass the original implementation runs at every step.
     """
+    import ray.data
+
     return dataset.map_batches(
         _ReferenceScorer,
         fn_constructor_kwargs={"model_path": model_path, "dtype": dtype},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=1,
     ).materialize()

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from baldro_ray import console
 from baldro_ray.atomic import publish_dir
 from baldro_ray.config import FinetuneConfig
 from baldro_ray.data.render import PromptTemplate
@@ -45,6 +46,7 @@ def _train_one(backend: Any, shard: Any, pad_token_id: int, settings: FinetuneCo
 def finetune_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: for each job, a fresh copy of the base model trained on the job's dataset shard
     (token-mean answer NLL, AdamW, linear warm-up and decay, DDP); rank 0 saves every model in one checkpoint."""
+    console.quiet_process()
     import ray.train
     import ray.train.torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,7 +92,7 @@ def run_finetune(
 ) -> dict[str, Path]:
     """Fine-tune ``base_model`` on each job's rows with ``settings.num_workers`` Ray Train workers in one run;
     job ``j``'s model lands in ``out_dirs[j]`` (renamed into place from a staging folder)."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from baldro_ray.cluster import worker_env
@@ -120,7 +122,10 @@ def run_finetune(
             resources_per_worker={"CPU": settings.cpus_per_worker},
         ),
         run_config=RunConfig(
-            name=run_name, storage_path=str(storage_path), worker_runtime_env={"env_vars": worker_env()}
+            name=run_name,
+            storage_path=str(storage_path),
+            worker_runtime_env={"env_vars": worker_env()},
+            logging_config=LoggingConfig(log_level=console.train_log_level()),
         ),
         datasets=datasets,
     )

@@ -82,12 +82,16 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp)
 
 
-def format_progress(epoch: int, epochs: int, step: int, steps: int, metrics: dict[str, float]) -> str:
-    """One progress line: epoch, step, loss parts and the DRO effective sample size."""
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A step's loss parts, DRO effective sample size and lr (no retain part for a method without one)."""
     retain = metrics["train/retain_loss"]
     retain_text = "" if math.isnan(retain) else f" retain {retain:.4f}"
     return (
-        f"epoch {epoch}/{epochs} step {step}/{steps} loss {metrics['train/loss']:.4f} "
-        f"forget {metrics['train/forget_loss']:.4f}{retain_text} ess {metrics['train/dro_ess']:.2f} "
-        f"lr {metrics['train/lr']:.2e}"
+        f"loss {metrics['train/loss']:.4f} forget {metrics['train/forget_loss']:.4f}{retain_text} "
+        f"ess {metrics['train/dro_ess']:.2f} lr {metrics['train/lr']:.2e}"
     )
+
+
+def format_progress(epoch: int, epochs: int, step: int, steps: int, metrics: dict[str, float]) -> str:
+    """One progress line: epoch, step and :func:`format_metrics`."""
+    return f"epoch {epoch}/{epochs} step {step}/{steps} {format_metrics(metrics)}"

@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from baldro_ray import console
 from baldro_ray.config import RunConfig
 from baldro_ray.data.render import pad_batch
 from baldro_ray.objectives import get_forget_loss
 from baldro_ray.run_folder import MODEL_DIR, STATE_DIR
 from baldro_ray.train.layout import StepLayout, epoch_orders, step_rows
+from baldro_ray.train.progress import StepEvent, send_step
 from baldro_ray.train.step import MicroBatch, StepConfig, TorchDistributedExchange, run_step
-from baldro_ray.train.telemetry import Telemetry, format_progress
+from baldro_ray.train.telemetry import Telemetry
 
 
 def step_config(run: RunConfig) -> StepConfig:
@@ -85,7 +87,8 @@ def _micro_batches(
 
 def unlearn_loop(config: dict[str, Any]) -> None:
     """Ray Train worker entry point; ``config`` holds the resolved run config, the model path, the MLflow run to
-    log steps into and the epoch to stop after (None: the last)."""
+    log steps into, the epoch to stop after (None: the last) and the driver's progress mailbox (or None)."""
+    console.quiet_process()
     import ray.train
     import ray.train.torch
     from transformers import AutoTokenizer
@@ -149,6 +152,7 @@ def unlearn_loop(config: dict[str, Any]) -> None:
     )
     device = ray.train.torch.get_device()
     live = _live_recorder(config.get("tracking")) if rank == 0 else None
+    progress = config.get("progress") if rank == 0 else None
     stop_epoch = min(trainer.epochs, config.get("stop_epoch") or trainer.epochs)
     for epoch in range(start_epoch, stop_epoch):
         forget_order, retain_order = epoch_orders(len(forget), len(retain), trainer.seed, epoch)
@@ -170,8 +174,8 @@ def unlearn_loop(config: dict[str, Any]) -> None:
             metrics = telemetry.record(result, epoch + 1, global_step + 1, lr)
             if live is not None:
                 live.log_metrics(metrics, global_step + 1)
-        if rank == 0:
-            print(format_progress(epoch + 1, trainer.epochs, steps, steps, metrics), flush=True)
+            if progress is not None:
+                send_step(progress, StepEvent(epoch + 1, trainer.epochs, step + 1, steps, metrics))
         save_model = epoch + 1 == stop_epoch or run.evaluation.per_epoch
         _report_epoch(backend, tokenizer, telemetry, metrics, epoch + 1, save_model, rank, world)
 

@@ -18,7 +18,8 @@ from baldro_ray.data.render import TEMPLATES, encode_qa, pad_batch
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
 from baldro_ray.objectives import sequence_nll
 from baldro_ray.train.layout import StepLayout, epoch_orders, step_rows
-from baldro_ray.unlearn import resolve_run, run_unlearn
+from baldro_ray.train.progress import StepEvent, watch_steps
+from baldro_ray.unlearn import build_datasets, build_trainer, resolve_run, run_unlearn
 
 pytestmark = [pytest.mark.ray]
 
@@ -118,6 +119,24 @@ def test_a_rank_without_rows_in_the_last_step_does_not_stall(ray_cluster, worksp
     one = train(workspace, "uneven-one", *dv, "trainer.num_workers=1", "trainer.per_device_batch_size=6")
     two = train(workspace, "uneven-two", *dv, "trainer.num_workers=2", "trainer.per_device_batch_size=3")
     assert max_relative_difference(two, one) < 1e-6
+
+
+@pytest.mark.timeout(300)
+def test_rank_zero_sends_every_step_to_the_driver_once(ray_cluster, workspace: Path, tmp_path: Path) -> None:
+    # 8 forget rows, 2 workers x 2 per step: 2 steps in each of 2 epochs.
+    overrides = ("trainer.epochs=2", "trainer.num_workers=2", "trainer.per_device_batch_size=2")
+    run = resolve_run(config(workspace, "progress", *overrides), name="run", log=lambda _: None)
+    events: list[StepEvent] = []
+    with watch_steps(events.append) as mailbox:
+        result = build_trainer(run, build_datasets(run), tmp_path / "train", progress=mailbox).fit()
+    assert [(e.epoch, e.step, e.global_step, e.total) for e in events] == [
+        (1, 1, 1, 4),
+        (1, 2, 2, 4),
+        (2, 1, 3, 4),
+        (2, 2, 4, 4),
+    ]
+    reported = {k: v for k, v in result.metrics.items() if k.startswith("train/")}
+    assert events[-1].metrics == pytest.approx(reported, nan_ok=True)
 
 
 def batch(pairs: list[tuple[str, str]], tokenizer) -> dict[str, torch.Tensor]:
