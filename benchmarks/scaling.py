@@ -56,7 +56,7 @@ class TimedExchange:
         return out
 
 
-def timed_unlearn_loop(config: dict[str, Any]) -> None:
+def timed_unlearn_loop(loop_config: dict[str, Any]) -> None:
     """The engine's Ray Train worker loop, with each ``run_step`` timed; afterwards the last step's gathers are
     replayed after a barrier, and the timings go to ``<output_dir>/timing/rank<r>.json``."""
     import torch.distributed as dist
@@ -93,7 +93,7 @@ def timed_unlearn_loop(config: dict[str, Any]) -> None:
 
     engine.run_step = run_step
     try:
-        engine.unlearn_loop(config)
+        engine.unlearn_loop(loop_config)
     finally:
         engine.run_step = original
     replays = []
@@ -103,7 +103,7 @@ def timed_unlearn_loop(config: dict[str, Any]) -> None:
         for obj in last:
             dist.all_gather_object([None] * dist.get_world_size(), obj)
         replays.append(time.perf_counter() - start)
-    out = Path(config["run"]["output_dir"]) / TIMING_DIR
+    out = Path(loop_config["run"]["output_dir"]) / TIMING_DIR
     out.mkdir(parents=True, exist_ok=True)
     payload = {"records": records, "replay_s": replays, "gathers_per_step": len(last)}
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(payload))

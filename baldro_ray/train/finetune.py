@@ -19,7 +19,7 @@ from baldro_ray.config import FinetuneConfig
 from baldro_ray.data.render import PromptTemplate
 
 
-def _train_one(backend: Any, shard: Any, pad_token_id: int, settings: FinetuneConfig, rank: int) -> float:
+def _train_one(backend: Any, shard: Any, pad_token_id: int, finetune: FinetuneConfig, rank: int) -> float:
     import ray.train.torch
 
     from baldro_ray.objectives import retain_nll
@@ -27,10 +27,10 @@ def _train_one(backend: Any, shard: Any, pad_token_id: int, settings: FinetuneCo
 
     device = ray.train.torch.get_device()
     mean_loss = math.nan
-    for epoch in range(settings.epochs):
+    for epoch in range(finetune.epochs):
         total, steps = 0.0, 0
-        seed = settings.seed * 100_003 + epoch * 1_009 + rank
-        for batch in iter_padded_batches(shard, settings.per_device_batch_size, pad_token_id, seed):
+        seed = finetune.seed * 100_003 + epoch * 1_009 + rank
+        for batch in iter_padded_batches(shard, finetune.per_device_batch_size, pad_token_id, seed):
             logits = backend.model(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).logits
@@ -43,7 +43,7 @@ def _train_one(backend: Any, shard: Any, pad_token_id: int, settings: FinetuneCo
     return mean_loss
 
 
-def finetune_loop(config: dict[str, Any]) -> None:
+def finetune_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: for each job, a fresh copy of the base model trained on the job's dataset shard
     (token-mean answer NLL, AdamW, linear warm-up and decay, DDP); rank 0 saves every model in one checkpoint."""
     console.quiet_process()
@@ -54,28 +54,28 @@ def finetune_loop(config: dict[str, Any]) -> None:
     from baldro_ray.train.backend import BackendSpec, build_backend
     from baldro_ray.train.common import build_scheduler, seed_everything, set_worker_threads
 
-    settings = FinetuneConfig.model_validate(config["settings"])
+    finetune = FinetuneConfig.model_validate(loop_config["finetune"])
     rank = ray.train.get_context().get_world_rank()
-    set_worker_threads(settings.cpus_per_worker)
-    tokenizer = AutoTokenizer.from_pretrained(config["base_model"])
+    set_worker_threads(finetune.cpus_per_worker)
+    tokenizer = AutoTokenizer.from_pretrained(loop_config["base_model"])
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as out:
-        for job in config["jobs"]:
-            seed_everything(settings.seed, rank)
-            steps = config["steps_per_epoch"][job]
+        for job in loop_config["jobs"]:
+            seed_everything(finetune.seed, rank)
+            steps = loop_config["steps_per_epoch"][job]
             backend = build_backend(
                 BackendSpec(),
-                lambda: AutoModelForCausalLM.from_pretrained(config["base_model"]),
-                settings.lr,
-                settings.weight_decay,
+                lambda: AutoModelForCausalLM.from_pretrained(loop_config["base_model"]),
+                finetune.lr,
+                finetune.weight_decay,
                 lambda opt, steps=steps: build_scheduler(
-                    opt, round(settings.warmup_epochs * steps), settings.epochs * steps, "linear"
+                    opt, round(finetune.warmup_epochs * steps), finetune.epochs * steps, "linear"
                 ),
                 ray.train.torch.get_device(),
                 ray.train.torch.prepare_model,
             )
             shard = ray.train.get_dataset_shard(job)
-            metrics[f"{job}/train_loss"] = _train_one(backend, shard, tokenizer.pad_token_id, settings, rank)
+            metrics[f"{job}/train_loss"] = _train_one(backend, shard, tokenizer.pad_token_id, finetune, rank)
             backend.save_pretrained(Path(out) / job, tokenizer)
         checkpoint = ray.train.Checkpoint.from_directory(out) if rank == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
@@ -85,12 +85,12 @@ def run_finetune(
     jobs: Mapping[str, Sequence[Mapping[str, Any]]],
     base_model: Path,
     template: PromptTemplate,
-    settings: FinetuneConfig,
+    finetune: FinetuneConfig,
     out_dirs: Mapping[str, Path],
     storage_path: Path,
     run_name: str,
 ) -> dict[str, Path]:
-    """Fine-tune ``base_model`` on each job's rows with ``settings.num_workers`` Ray Train workers in one run;
+    """Fine-tune ``base_model`` on each job's rows with ``finetune.num_workers`` Ray Train workers in one run;
     job ``j``'s model lands in ``out_dirs[j]`` (renamed into place from a staging folder)."""
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -100,26 +100,26 @@ def run_finetune(
 
     steps_per_epoch = {}
     for job, rows in jobs.items():
-        per_worker = len(rows) // settings.num_workers
+        per_worker = len(rows) // finetune.num_workers
         if per_worker == 0:
-            raise ValueError(f"{job}: {len(rows)} rows cannot be split across {settings.num_workers} workers")
-        steps_per_epoch[job] = math.ceil(per_worker / settings.per_device_batch_size)
+            raise ValueError(f"{job}: {len(rows)} rows cannot be split across {finetune.num_workers} workers")
+        steps_per_epoch[job] = math.ceil(per_worker / finetune.per_device_batch_size)
     datasets = {
-        job: qa_dataset(rows, str(base_model), template, settings.max_length, job)
+        job: qa_dataset(rows, str(base_model), template, finetune.max_length, job)
         for job, rows in jobs.items()
     }
     trainer = TorchTrainer(
         finetune_loop,
         train_loop_config={
-            "settings": settings.model_dump(),
+            "finetune": finetune.model_dump(),
             "base_model": str(base_model),
             "jobs": list(jobs),
             "steps_per_epoch": steps_per_epoch,
         },
         scaling_config=ScalingConfig(
-            num_workers=settings.num_workers,
-            use_gpu=settings.use_gpu,
-            resources_per_worker={"CPU": settings.cpus_per_worker},
+            num_workers=finetune.num_workers,
+            use_gpu=finetune.use_gpu,
+            resources_per_worker={"CPU": finetune.cpus_per_worker},
         ),
         run_config=RunConfig(
             name=run_name,

@@ -29,9 +29,9 @@ from baldro_ray.train.step import MicroBatch, StepConfig, TorchDistributedExchan
 from baldro_ray.train.telemetry import Telemetry
 
 
-def step_config(run: RunConfig) -> StepConfig:
+def step_config(config: RunConfig) -> StepConfig:
     """The method settings one step needs."""
-    method = run.method
+    method = config.method
     return StepConfig(
         forget_loss=method.name,
         hyperparameters=method.hyperparameters(),
@@ -42,7 +42,7 @@ def step_config(run: RunConfig) -> StepConfig:
         alpha=method.alpha,
         retain_loss_type=method.retain_loss_type if get_forget_loss(method.name).uses_retain else None,
         retain_reduction=method.retain_reduction,
-        seed=run.trainer.seed,
+        seed=config.trainer.seed,
     )
 
 
@@ -85,8 +85,8 @@ def _micro_batches(
     return batches
 
 
-def unlearn_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point; ``config`` holds the resolved run config, the model path, the MLflow run to
+def unlearn_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker entry point; ``loop_config`` holds the resolved run config, the model path, the MLflow run to
     log steps into, the epoch to stop after (None: the last) and the driver's progress mailbox (or None)."""
     console.quiet_process()
     import ray.train
@@ -97,13 +97,13 @@ def unlearn_loop(config: dict[str, Any]) -> None:
     from baldro_ray.train.backend import BackendSpec, build_backend
     from baldro_ray.train.common import build_scheduler, seed_everything, set_worker_threads
 
-    run = RunConfig.model_validate(config["run"])
-    trainer = run.trainer
+    config = RunConfig.model_validate(loop_config["run"])
+    trainer = config.trainer
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     set_worker_threads(trainer.cpus_per_worker)
     seed_everything(trainer.seed, rank)
-    cfg = step_config(run)
+    cfg = step_config(config)
     forget, retain = _load_rows("forget"), _load_rows("retain") if cfg.retain_loss_type else []
     layout = StepLayout(world, trainer.per_device_batch_size, trainer.gradient_accumulation_steps)
     steps = layout.steps_per_epoch(len(forget))
@@ -118,7 +118,7 @@ def unlearn_loop(config: dict[str, Any]) -> None:
         trainer.per_device_batch_size,
         trainer.gradient_clipping,
     )
-    model_path = config["model_path"]
+    model_path = loop_config["model_path"]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     backend = build_backend(
         spec,
@@ -151,9 +151,9 @@ def unlearn_loop(config: dict[str, Any]) -> None:
         ("ref_nll_sum",) if "ref_nll_sum" in forget[0] else ()
     )
     device = ray.train.torch.get_device()
-    live = _live_recorder(config.get("tracking")) if rank == 0 else None
-    progress = config.get("progress") if rank == 0 else None
-    stop_epoch = min(trainer.epochs, config.get("stop_epoch") or trainer.epochs)
+    live = _live_recorder(loop_config.get("tracking")) if rank == 0 else None
+    progress = loop_config.get("progress") if rank == 0 else None
+    stop_epoch = min(trainer.epochs, loop_config.get("stop_epoch") or trainer.epochs)
     for epoch in range(start_epoch, stop_epoch):
         forget_order, retain_order = epoch_orders(len(forget), len(retain), trainer.seed, epoch)
         metrics: dict[str, float] = {}
@@ -176,7 +176,7 @@ def unlearn_loop(config: dict[str, Any]) -> None:
                 live.log_metrics(metrics, global_step + 1)
             if progress is not None:
                 send_step(progress, StepEvent(epoch + 1, trainer.epochs, step + 1, steps, metrics))
-        save_model = epoch + 1 == stop_epoch or run.evaluation.per_epoch
+        save_model = epoch + 1 == stop_epoch or config.evaluation.per_epoch
         _report_epoch(backend, tokenizer, telemetry, metrics, epoch + 1, save_model, rank, world)
 
 
