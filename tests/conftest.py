@@ -57,6 +57,19 @@ EMBEDDED_TINY = [
 ]
 
 
+@pytest.fixture
+def cli_console(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For tests that call ``cli.main`` in-process: it configures the console of its process (progress bars on,
+    the verbosity in the environment); later tests of the session expect library defaults, restored here."""
+    from baldro_ray import console
+
+    monkeypatch.setattr(console, "_live", console.live())
+    saved = os.environ.copy()
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def embedded_tiny(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Any]:
     """``(overrides, EmbeddedAssets)`` of the reduced embedded benchmark, prepared once per session in a fresh

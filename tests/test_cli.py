@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from baldro_ray import console
 from baldro_ray.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _console_as_found(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """``main`` configures the console of its process; later tests of the session expect library defaults."""
-    monkeypatch.setattr(console, "_live", console.live())
-    saved = os.environ.copy()
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("cli_console")
 
 
 def test_objectives_demo_prints_every_aggregation(capsys) -> None:

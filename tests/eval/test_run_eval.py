@@ -103,7 +103,11 @@ def test_open_unlearning_retain_logs(refs: Any, embedded_tiny: tuple[list[str], 
 
 
 def test_missing_benchmark_subset_fails_before_evaluating(tmp_path: Path) -> None:
-    (tmp_path / "forget10.json").write_text('{"question": "q?", "answer": "a."}\n')
+    for split in (
+        "forget10",
+        "holdout10",
+    ):  # the configured splits exist; the benchmark's other subsets do not
+        (tmp_path / f"{split}.json").write_text('{"question": "q?", "answer": "a."}\n')
     config = load_config(overrides=["data.source=tofu", f"data.location={tmp_path}"])
     with pytest.raises(ConfigError, match=r"(?s)forget10_perturbed.*evaluation.enabled=false"):
         plan_evaluation(config, config.data.location)
@@ -119,6 +123,7 @@ def test_missing_retain_model_fails_before_evaluating(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.usefixtures("cli_console")
 def test_cli_eval_writes_the_report(refs: Any, embedded_tiny: tuple[list[str], Any], tmp_path: Path) -> None:
     base, assets = embedded_tiny
     out = tmp_path / "report"
