@@ -117,12 +117,21 @@ class DataConfig(_Section):
 
 
 class PromptTagsConfig(_Section):
-    """Explicit prompt tags (open-unlearning's template fields)."""
+    """Explicit prompt tags (open-unlearning's template fields), or the tokenizer's chat template with its system
+    prompt and date string."""
 
     user_start: str = ""
     user_end: str = ""
     assistant_start: str = ""
-    assistant_end: str = ""
+    assistant_end: str = Field(
+        default="",
+        description="closes the answers of earlier turns (few-shot examples), not the scored answer",
+    )
+    chat_template: bool = False
+    system_prompt: str = Field(default="", description="chat_template: a system message when non-empty")
+    date_string: str = Field(
+        default="", description="chat_template: the date_string passed to it when non-empty"
+    )
 
 
 class ModelConfig(_Section):
@@ -132,7 +141,8 @@ class ModelConfig(_Section):
     tokenizer: str | None = Field(default=None, description="defaults to name_or_path")
     template: str | PromptTagsConfig = Field(
         default="tiny",
-        description="prompt template: tiny | llama2-chat | plain | chat_template (the tokenizer's), or explicit tags",
+        description="prompt template: tiny | llama2-chat | plain | llama3-chat | chat_template (the tokenizer's, "
+        "as it is), or explicit tags",
     )
 
     @field_validator("template")
@@ -233,6 +243,17 @@ class EvaluationConfig(_Section):
     use_gpu: bool = Field(default=False, description="one GPU per replica")
     batch_size: int = Field(default=16, ge=1, description="rows per scoring or generation batch")
     max_new_tokens: int = Field(default=200, ge=1, description="greedy generation length (TOFU ROUGE)")
+    text_max_length: int = Field(
+        default=2048,
+        ge=1,
+        description="tokens of a raw text scored after its prefix (MUSE membership attacks and extraction "
+        "strength); MUSE's default, open-unlearning's MUSE_MIA.yaml",
+    )
+    token_positions: Literal["open_unlearning", "all"] = Field(
+        default="open_unlearning",
+        description="positions of Min-K%, Min-K%++ and extraction strength: open_unlearning (every labelled "
+        "token but the last, k capped at n-1) or all (every labelled token, k uncapped)",
+    )
     retain_model: str | None = Field(
         default=None,
         description="the retain model (folder or hub name) for forget quality and privleak; "

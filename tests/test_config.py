@@ -73,6 +73,8 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path: Path) -> None:
         ("method.beta=0", "greater than 0"),
         ("trainer.schedule=cosine", "'linear' or 'constant'"),
         ("data.source=hub", "'synthetic', 'tofu', 'muse' or 'files'"),
+        ("evaluation.token_positions=eos", "key 'evaluation.token_positions' = 'eos'"),
+        ("evaluation.text_max_length=0", "key 'evaluation.text_max_length' = 0"),
     ],
 )
 def test_out_of_range_values_are_rejected_with_key_and_value(override: str, fragment: str) -> None:

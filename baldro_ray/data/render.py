@@ -1,8 +1,13 @@
 """Prompt rendering, label masking and padding: the one place a QA pair becomes model input.
 
-A QA sample is ``user_start + question + user_end + assistant_start + answer + assistant_end (+ eos)``; labels are
-``-100`` on every prompt token, so only answer tokens count (open-unlearning's ``preprocess_chat_instance`` for
-templates given as tags: the full text and the prompt are tokenised separately and the prompt's length is masked).
+A QA sample is ``user_start + question + user_end + assistant_start + answer (+ eos)``; labels are ``-100`` on every
+prompt token, so only answer tokens count (open-unlearning's ``preprocess_chat_instance`` for templates given as
+tags: the full text and the prompt are tokenised separately and the prompt's length is masked). ``assistant_end``
+(open-unlearning's ``asst_end_tag``) closes only the answers of earlier turns, e.g. few-shot examples; the answer
+a sample is scored or trained on ends with eos instead.
+
+A raw text (:func:`encode_text`) is scored as open-unlearning's ``preprocess_pretraining_instance`` does: no eos
+appended, the prefix (at least the first token) unlabelled, at most ``max_length`` tokens after the prefix.
 """
 
 from __future__ import annotations
@@ -21,19 +26,28 @@ from baldro_ray.objectives.nll import IGNORE_INDEX
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """The four tags around a question and its answer, or (``chat_template=True``) the tokenizer's chat template."""
+    """The four tags around a question and its answer, or (``chat_template=True``) the tokenizer's chat template,
+    given ``system_prompt`` (a system message when non-empty) and ``date_string`` (passed to the template when
+    non-empty; Llama-3's otherwise writes today's date into every prompt)."""
 
     user_start: str = ""
     user_end: str = ""
     assistant_start: str = ""
     assistant_end: str = ""
     chat_template: bool = False
+    system_prompt: str = ""
+    date_string: str = ""
 
     def prompt(self, question: str) -> str:
         return f"{self.user_start}{question}{self.user_end}{self.assistant_start}"
 
     def full(self, question: str, answer: str) -> str:
-        return f"{self.prompt(question)}{answer}{self.assistant_end}"
+        """The text of a sample: its prompt and answer, without ``assistant_end``."""
+        return f"{self.prompt(question)}{answer}"
+
+    def turn(self, question: str, answer: str) -> str:
+        """A finished exchange before the one asked about (a few-shot example): closed by ``assistant_end``."""
+        return f"{self.full(question, answer)}{self.assistant_end}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,16 +56,26 @@ class PromptTemplate:
         """``(prompt_text, full_text, add_special_tokens)``; chat templates bring their own special tokens."""
         if not self.chat_template:
             return self.prompt(question), self.full(question, answer), True
-        user = {"role": "user", "content": question}
-        prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template([user, {"role": "assistant", "content": answer}], tokenize=False)
+        chat = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        chat.append({"role": "user", "content": question})
+        extra = {"date_string": self.date_string} if self.date_string else {}
+        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **extra)
+        full = tokenizer.apply_chat_template(
+            [*chat, {"role": "assistant", "content": answer}], tokenize=False, **extra
+        )
         return prompt, full, False
 
 
+# The tag sets and chat settings of open-unlearning's configs/model/*.yaml template_args: llama2-chat from
+# Llama-2-7b-chat-hf.yaml, plain from Llama-2-7b-hf.yaml (MUSE's base models), llama3-chat from
+# Llama-3.2-1B-Instruct.yaml (its system prompt and fixed date, which the published TOFU targets were trained with).
 TEMPLATES: dict[str, PromptTemplate] = {
     "llama2-chat": PromptTemplate("[INST] ", " [/INST]", "", " "),
     "tiny": PromptTemplate(**TINY_TEMPLATE),
-    "plain": PromptTemplate("Question: ", "\n", "Answer: ", ""),
+    "plain": PromptTemplate("Question: ", "\n", "Answer: ", "\n\n"),
+    "llama3-chat": PromptTemplate(
+        chat_template=True, system_prompt="You are a helpful assistant.", date_string="10 Apr 2025"
+    ),
     "chat_template": PromptTemplate(chat_template=True),
 }
 
@@ -95,8 +119,28 @@ def encode_qa(
     return {"input_ids": ids, "labels": labels}
 
 
+def encode_text(tokenizer: Any, prefix: str, text: str, max_length: int) -> dict[str, list[int]]:
+    """``input_ids`` and ``labels`` of ``prefix + text`` (``prefix`` unlabelled; never the first token), cut to
+    ``max_length`` tokens after the prefix; no eos appended (open-unlearning's ``preprocess_pretraining_instance``).
+
+    Raises :class:`EncodingError` when no labelled token remains.
+    """
+    ids = list(tokenizer(prefix + text)["input_ids"])
+    prefix_len = len(tokenizer(prefix)["input_ids"])
+    ids = ids[: prefix_len + max_length]
+    unlabelled = min(max(1, prefix_len), len(ids))
+    if unlabelled == len(ids):
+        raise EncodingError(
+            f"the text {text[:60]!r} has no token to score after a prefix of {prefix_len} tokens"
+        )
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * unlabelled + ids[unlabelled:]}
+
+
 def pad_batch(batch: Mapping[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad ragged ``input_ids``/``labels`` (lists or object arrays) into tensors with an attention mask.
+
+    The mask is 1 on each row's own ``len(input_ids)`` tokens and 0 on the padding, from the lengths alone: never
+    from ``token != pad_token_id``, which would hide real tokens equal to it (eos, where pad is eos).
 
     Other columns are stacked as they are (scalars per row, e.g. ``index`` or ``ref_nll_sum``).
     """

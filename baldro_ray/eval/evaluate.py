@@ -27,7 +27,7 @@ from baldro_ray.eval.tofu import forget_quality_entry, load_retain_eval, write_e
 from baldro_ray.hub import is_hub_id
 from baldro_ray.run_folder import BALANCE_FILE
 
-EVAL_VERSION = 1  # bump when a metric's definition changes: invalidates cached reference evaluations
+EVAL_VERSION = 2  # bump when a metric's definition changes: invalidates cached reference evaluations
 
 
 @dataclass(frozen=True)
@@ -148,13 +148,16 @@ def _inference(plan: EvalPlan, model_path: str) -> Any:
 
 
 def _evaluation(plan: EvalPlan) -> Any:
+    s = plan.evaluation
     if plan.benchmark == "MUSE":
         from baldro_ray.eval.muse import MuseEvaluation
 
-        return MuseEvaluation(plan.source, plan.template)
+        return MuseEvaluation(plan.source, plan.template, s.text_max_length, s.token_positions)
     from baldro_ray.eval.tofu import TofuEvaluation
 
-    return TofuEvaluation(plan.source, plan.forget_split, plan.holdout_split, plan.evaluation.max_new_tokens)
+    return TofuEvaluation(
+        plan.source, plan.forget_split, plan.holdout_split, s.max_new_tokens, s.token_positions
+    )
 
 
 def evaluate_models(plan: EvalPlan, model_paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -193,6 +196,8 @@ def _cache_key(plan: EvalPlan, model_path: str) -> str:
         plan.dtype,
         s.batch_size,
         s.max_new_tokens,
+        s.text_max_length,
+        s.token_positions,
         _fingerprint(model_path),
     ]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]

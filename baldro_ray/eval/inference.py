@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from baldro_ray.data.render import PromptTemplate, encode_qa, pad_batch
+from baldro_ray.data.render import PromptTemplate, encode_qa, encode_text, pad_batch
 from baldro_ray.objectives import sequence_nll
 from baldro_ray.objectives.nll import IGNORE_INDEX
 
@@ -25,22 +25,27 @@ RAW = PromptTemplate()  # no tags: the text is scored (or continued) as it is
 
 @dataclass(frozen=True)
 class Score:
-    """Summed NLL and count of the answer tokens given the prompt (``raw``: ``answer`` is plain text, no prompt).
+    """Summed NLL and count of the answer tokens given the prompt.
 
+    ``raw``: ``question + answer`` is plain text with ``question`` an unscored prefix (often empty), encoded by
+    :func:`~baldro_ray.data.render.encode_text` (no eos; ``max_length`` tokens after the prefix); otherwise a QA
+    sample of the template (:func:`~baldro_ray.data.render.encode_qa`). ``max_length`` None: the inference's.
     With ``token_stats`` the result also holds, per answer token, its log-probability, the mean and standard
-    deviation of log p over the vocabulary at that position (Min-K%++), and whether the argmax is the token.
+    deviation of log p over the vocabulary at that position (Min-K%++) and whether the argmax is the token, and
+    ``target_text``, the scored tokens decoded without special tokens (the text the zlib attack compresses).
     """
 
     question: str
     answer: str
     raw: bool = False
     token_stats: bool = False
+    max_length: int | None = None
 
 
 @dataclass(frozen=True)
 class Generate:
-    """Greedy continuation of the rendered question (``raw``: of the text as it is), cut at eos and at the first
-    occurrence of any ``stop`` string."""
+    """Greedy continuation of the rendered question (``raw``: of the text as it is), cut at the first stop token
+    (:func:`stop_token_ids`) and at the first occurrence of any ``stop`` string."""
 
     question: str
     max_new_tokens: int
@@ -60,7 +65,7 @@ class Inference(Protocol):
 
 def _batch_key(request: Request) -> tuple:
     if isinstance(request, Score):
-        return ("score", request.raw, request.token_stats)
+        return ("score", request.raw, request.token_stats, request.max_length)
     return ("generate", request.raw, request.max_new_tokens, request.stop)
 
 
@@ -98,8 +103,9 @@ def decode_request(data: dict[str, Any]) -> Request:
     return Score(**fields)
 
 
-def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
-    """Per answer token of one sequence: log p(token), mean and std of log p over the vocabulary, argmax hit."""
+def _token_stats(logits: torch.Tensor, labels: torch.Tensor, tokenizer: Any) -> dict[str, Any]:
+    """Per answer token of one sequence: log p(token), mean and std of log p over the vocabulary, argmax hit;
+    and the answer tokens decoded."""
     shifted, targets = logits[:-1], labels[1:]
     mask = targets != IGNORE_INDEX
     log_probs = torch.log_softmax(shifted[mask].double(), dim=-1)
@@ -112,6 +118,7 @@ def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
         "mu": mu.tolist(),
         "sigma": sigma.tolist(),
         "correct": (shifted[mask].argmax(-1) == tokens).tolist(),
+        "target_text": tokenizer.decode(tokens.tolist(), skip_special_tokens=True),
     }
 
 
@@ -139,9 +146,13 @@ def score_batch(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 def _score(
     model: Any, tokenizer: Any, template: PromptTemplate, chunk: Sequence[Score], max_length: int
 ) -> list:
-    encoded = [
-        encode_qa(tokenizer, r.question, r.answer, RAW if r.raw else template, max_length) for r in chunk
-    ]
+    def encode(r: Score) -> dict[str, list[int]]:
+        limit = max_length if r.max_length is None else r.max_length
+        if r.raw:
+            return encode_text(tokenizer, r.question, r.answer, limit)
+        return encode_qa(tokenizer, r.question, r.answer, template, limit)
+
+    encoded = [encode(r) for r in chunk]
     batch = pad_batch(
         {"input_ids": [e["input_ids"] for e in encoded], "labels": [e["labels"] for e in encoded]},
         tokenizer.pad_token_id,
@@ -151,9 +162,17 @@ def _score(
     for i, request in enumerate(chunk):
         result: dict[str, Any] = {"nll_sum": float(nll_sum[i].double()), "n_tokens": int(n_tokens[i])}
         if request.token_stats:
-            result.update(_token_stats(logits[i], labels[i]))
+            result.update(_token_stats(logits[i], labels[i], tokenizer))
         results.append(result)
     return results
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The ids a generation ends at: the tokenizer's eos, then every eos id of the model's generation config
+    (Llama-3 Instruct lists several; ``model.generate`` stops at all of them by default), without repeats."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 @torch.no_grad()
@@ -170,18 +189,18 @@ def _generate(model: Any, tokenizer: Any, template: PromptTemplate, chunk: Seque
         input_ids[row, width - len(ids) :] = torch.as_tensor(ids)
         attention_mask[row, width - len(ids) :] = 1
     device = next(model.parameters()).device
+    stops = stop_token_ids(model, tokenizer)
     generated = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         do_sample=False,
         max_new_tokens=chunk[0].max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stops,
     )[:, width:].cpu()
     outputs = []
     for request, new_ids in zip(chunk, generated.tolist()):
-        if tokenizer.eos_token_id in new_ids:
-            new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
+        new_ids = new_ids[: next((t for t, token in enumerate(new_ids) if token in stops), len(new_ids))]
         text = tokenizer.decode(new_ids, skip_special_tokens=True)
         for stop in request.stop:
             text = text.split(stop, 1)[0]

@@ -1,7 +1,9 @@
 """TOFU and MUSE metrics as pure functions of per-sample numbers (docs/method.md#tofu-metrics, #muse-metrics).
 
-Inputs are per-sample arrays (average or summed answer NLLs, per-token log-probs, strings); outputs are numpy
-arrays or floats. Nothing here touches a model.
+Inputs are per-sample arrays (average answer NLLs, per-token log-probs, strings); outputs are numpy arrays or
+floats. Nothing here touches a model. Each definition is open-unlearning's (``src/evals/metrics/``); which token
+positions the per-token inputs cover is the caller's choice (:mod:`baldro_ray.eval.privacy`). Membership scores are
+"higher = more likely a member": the negation of open-unlearning's per-sample scores, with the same AUC.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ def _array(name: str, x: object, ndim: int, allow_inf: bool = False) -> np.ndarr
     return a
 
 
-def _ragged(name: str, xs: Sequence[object]) -> list[np.ndarray]:
-    """A non-empty list of non-empty finite 1-D float64 arrays (one per sample)."""
+def _ragged(name: str, xs: Sequence[object], allow_empty: bool = False) -> list[np.ndarray]:
+    """A non-empty list of finite 1-D float64 arrays (one per sample), each non-empty unless ``allow_empty``."""
     if len(xs) == 0:
         raise ValueError(f"{name} must not be empty")
+    if allow_empty:
+        return [np.zeros(0) if np.size(x) == 0 else _array(f"{name}[{i}]", x, 1) for i, x in enumerate(xs)]
     return [_array(f"{name}[{i}]", x, 1) for i, x in enumerate(xs)]
 
 
@@ -173,21 +177,24 @@ def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> np.ndar
 # ------------------------------------------------------------------------------------- membership inference
 
 
-def loss_score(nll_per_token: Sequence[np.ndarray]) -> np.ndarray:
-    """LOSS attack per sample: ``-mean_t NLL_t`` (higher = more likely a member)."""
-    return np.array([-x.mean() for x in _ragged("nll_per_token", nll_per_token)])
+def loss_score(avg_nll: Sequence[float] | np.ndarray) -> np.ndarray:
+    """LOSS attack per sample: ``-avg_NLL`` over every labelled token (open-unlearning's ``mia/loss.py``)."""
+    return -_array("avg_nll", avg_nll, 1)
 
 
-def zlib_score(nll_sum: Sequence[float] | np.ndarray, text: Sequence[str]) -> np.ndarray:
-    """zlib attack per sample: ``-NLL_sum / len(zlib.compress(text.encode()))``."""
-    s = _array("nll_sum", nll_sum, 1)
-    _same_length(nll_sum=s, text=text)
+def zlib_score(avg_nll: Sequence[float] | np.ndarray, text: Sequence[str]) -> np.ndarray:
+    """zlib attack per sample: ``-avg_NLL / len(zlib.compress(text.encode("utf-8")))``, the *mean* token NLL
+    over the zlib entropy of the text (Carlini et al. 2021; open-unlearning's ``mia/zlib.py``)."""
+    a = _array("avg_nll", avg_nll, 1)
+    _same_length(avg_nll=a, text=text)
     sizes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in text], dtype=np.float64)
-    return -s / sizes
+    return -a / sizes
 
 
 def _lowest_k_mean(values: np.ndarray, k: float) -> float:
-    """Mean of the ``max(1, floor(k * n))`` smallest values."""
+    """Mean of the ``max(1, floor(k * n))`` smallest values; 0.0 for no value (open-unlearning's score then)."""
+    if values.size == 0:
+        return 0.0
     n_k = max(1, int(k * values.size))
     return float(np.sort(values)[:n_k].mean())
 
@@ -198,9 +205,16 @@ def _check_k(k: float) -> None:
 
 
 def min_k_score(token_log_probs: Sequence[np.ndarray], k: float = 0.4) -> np.ndarray:
-    """Min-K% per sample: mean of the lowest ``max(1, floor(k * n))`` token log-probs."""
+    """Min-K% per sample: mean of the lowest ``max(1, floor(k * n))`` token log-probs (0.0 for a sample with no
+    token; open-unlearning's ``mia/min_k.py``)."""
     _check_k(k)
-    return np.array([_lowest_k_mean(x, k) for x in _ragged("token_log_probs", token_log_probs)])
+    lps = _ragged("token_log_probs", token_log_probs, allow_empty=True)
+    return np.array([_lowest_k_mean(x, k) for x in lps])
+
+
+MIN_K_PLUS_PLUS_MIN_VARIANCE = (
+    1e-6  # open-unlearning's floor on the vocabulary variance (mia/min_k_plus_plus.py)
+)
 
 
 def min_k_plus_plus_score(
@@ -209,16 +223,16 @@ def min_k_plus_plus_score(
     token_sigma: Sequence[np.ndarray],
     k: float = 0.4,
 ) -> np.ndarray:
-    """Min-K%++ per sample: Min-K% of ``(log p(x_t) - mu_t) / sigma_t``.
+    """Min-K%++ per sample: Min-K% of ``(log p(x_t) - mu_t) / sqrt(max(sigma_t^2, 1e-6))``.
 
     ``mu_t = E_{z~p_t}[log p_t(z)]`` and ``sigma_t`` its standard deviation (not variance) over the vocabulary
-    at position t. A position where the model is certain (``sigma_t = 0``, all mass on one token, as in a collapsed
-    model) has no z-score and is left out; a sample with no position left scores NaN. Negative sigma is an error.
+    at position t. The variance is floored at ``MIN_K_PLUS_PLUS_MIN_VARIANCE`` as open-unlearning does, so a
+    position where the model is certain still has a (large) z-score. Negative sigma is an error.
     """
     _check_k(k)
-    lps = _ragged("token_log_probs", token_log_probs)
-    mus = _ragged("token_mu", token_mu)
-    sigmas = _ragged("token_sigma", token_sigma)
+    lps = _ragged("token_log_probs", token_log_probs, allow_empty=True)
+    mus = _ragged("token_mu", token_mu, allow_empty=True)
+    sigmas = _ragged("token_sigma", token_sigma, allow_empty=True)
     _same_length(token_log_probs=lps, token_mu=mus, token_sigma=sigmas)
     scores = []
     for i, (lp, mu, sigma) in enumerate(zip(lps, mus, sigmas)):
@@ -226,8 +240,8 @@ def min_k_plus_plus_score(
             raise ValueError(f"sample {i}: shapes {lp.shape}, {mu.shape}, {sigma.shape} differ")
         if (sigma < 0).any():
             raise ValueError(f"sample {i}: token_sigma must be >= 0")
-        keep = sigma != 0
-        scores.append(_lowest_k_mean((lp[keep] - mu[keep]) / sigma[keep], k) if keep.any() else math.nan)
+        floored = np.sqrt(np.maximum(sigma * sigma, MIN_K_PLUS_PLUS_MIN_VARIANCE))
+        scores.append(_lowest_k_mean((lp - mu) / floored, k))
     return np.array(scores)
 
 
@@ -254,25 +268,29 @@ def privleak(auc_unlearned: float, auc_retain: float) -> float:
 # ------------------------------------------------------------------------------------------- memorisation
 
 
-def extraction_strength(token_correct: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-sample extraction strength ``ES = 1 - k*/n`` from teacher-forced per-position correctness.
+def extraction_strength(token_correct: Sequence[np.ndarray], cap: bool = True) -> np.ndarray:
+    """Per-sample extraction strength ``ES = 1 - k/n`` from teacher-forced per-position correctness.
 
     ``token_correct[i][t]`` says whether the argmax at answer position t equals the target token (n
-    positions).
-    ``k*`` is the smallest prefix length such that every position ``>= k*`` is correct (so the greedy
-    continuation of that prefix reproduces the suffix); ``k* = n`` (ES = 0) when the last position is wrong,
-    ``k* = 0`` (ES = 1) when all are correct. (open-unlearning caps ``k*`` at ``n - 1``; we do not.)
+    positions). ``k*`` is the smallest prefix length such that every position ``>= k*`` is correct (so the greedy
+    continuation of that prefix reproduces the suffix): ``k* = 0`` (ES = 1) when all are correct, ``k* = n`` when
+    the last position is wrong. ``cap``: ``k = min(k*, n - 1)``, as open-unlearning's loop over ``k < n`` leaves
+    it (``memorization.py``), so ES >= 1/n; else ``k = k*`` (ES = 0 when the last position is wrong). A sample
+    with no position scores 0, as there.
     """
     if len(token_correct) == 0:
         raise ValueError("token_correct must not be empty")
     out = []
     for i, x in enumerate(token_correct):
         c = np.asarray(x)
-        if c.ndim != 1 or c.size == 0:
-            raise ValueError(f"token_correct[{i}] must be a non-empty 1-D array, got shape {c.shape}")
+        if c.ndim != 1:
+            raise ValueError(f"token_correct[{i}] must be a 1-D array, got shape {c.shape}")
+        if c.size == 0:
+            out.append(0.0)
+            continue
         if c.dtype != np.bool_:
             raise ValueError(f"token_correct[{i}] must be boolean, got {c.dtype}")
         wrong = np.flatnonzero(~c)
         k_star = 0 if wrong.size == 0 else int(wrong[-1]) + 1
-        out.append(1.0 - k_star / c.size)
+        out.append(1.0 - (min(k_star, c.size - 1) if cap else k_star) / c.size)
     return np.array(out)

@@ -2,11 +2,15 @@
 
 * ``forget_verbmem_ROUGE``: ROUGE-L F1 between the greedy 128-token continuation of each ``verbmem/forget`` prompt
   (raw text, no template) and its ground-truth continuation ``gt``.
-* ``forget_knowmem_ROUGE`` / ``retain_knowmem_ROUGE``: ROUGE-L recall (open-unlearning's ``rougeL_recall``) of the
-  greedy 32-token answer to each ``knowmem/{forget,retain}_qa`` question, asked after the ``*_qa_icl`` few-shot
-  examples in the prompt template's tags and cut at a blank line or the next ``Question``.
-* ``mia_*`` AUCs of ``privleak/forget`` (members) against ``privleak/holdout`` (raw text), and ``privleak``
-  relative to the retain model's ``mia_min_k`` (0.5 without retain logs, as in open-unlearning).
+* ``forget_knowmem_ROUGE`` / ``retain_knowmem_ROUGE``: ROUGE-L F1 (``rouge_type: rougeL_f1`` in open-unlearning's
+  ``configs/eval/muse_metrics/*_knowmem_ROUGE.yaml``) of the greedy 32-token answer to each
+  ``knowmem/{forget,retain}_qa`` question, asked after the ``*_qa_icl`` few-shot examples (template turns, each
+  closed by ``assistant_end``) and cut at a blank line or the next ``Question``.
+* ``mia_*`` AUCs of ``privleak/forget`` (members) against ``privleak/holdout`` (raw text, no eos, up to
+  ``text_max_length`` tokens: 2048, ``configs/data/datasets/MUSE_MIA.yaml``), and ``privleak`` relative to the
+  retain model's ``mia_min_k`` (0.5 without retain logs, as in open-unlearning).
+* ``extraction_strength`` of the ``verbmem/forget`` ground truth after its prompt (prompt + " " + gt, as
+  ``MUSE_forget_verbmem.yaml``'s ``insert_space``), as open-unlearning's ``muse.yaml`` reports it.
 
 Per-sample entries under ``value_by_index`` as in TOFU_EVAL; all requests go to one ``Inference.run`` call.
 """
@@ -20,9 +24,12 @@ from baldro_ray.data.render import PromptTemplate
 from baldro_ray.data.sources import MuseSource
 from baldro_ray.eval import metrics as M
 from baldro_ray.eval.inference import Evaluation, Generate, Inference, Result, Score
-from baldro_ray.eval.privacy import mia_entries, privleak_entry
+from baldro_ray.eval.privacy import extraction_entry, mia_entries, privleak_entry
 
 VERBMEM_NEW_TOKENS = 128
+TEXT_MAX_LENGTH = (
+    2048  # tokens of a raw text scored after its prefix (open-unlearning's MUSE_MIA.yaml, verbmem)
+)
 KNOWMEM_NEW_TOKENS = 32
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
 MUSE_SUBSETS = (
@@ -37,8 +44,8 @@ MUSE_SUBSETS = (
 
 
 def few_shot_prompt(template: PromptTemplate, examples: Sequence[Mapping[str, str]], question: str) -> str:
-    """The in-context examples as full QA turns, then ``question``'s prompt."""
-    shots = "".join(template.full(e["question"], e["answer"]) for e in examples)
+    """The in-context examples as finished turns (each closed by ``assistant_end``), then ``question``'s prompt."""
+    shots = "".join(template.turn(e["question"], e["answer"]) for e in examples)
     return shots + template.prompt(question)
 
 
@@ -64,7 +71,14 @@ def _rouge_entry(
 class MuseEvaluation(Evaluation):
     """The MUSE requests of one benchmark (see the module docstring) and their assembly into entries."""
 
-    def __init__(self, source: MuseSource, template: PromptTemplate) -> None:
+    def __init__(
+        self,
+        source: MuseSource,
+        template: PromptTemplate,
+        text_max_length: int = TEXT_MAX_LENGTH,
+        token_positions: str = "open_unlearning",
+    ) -> None:
+        self.token_positions = token_positions
         self.verbmem = source.load("verbmem/forget")
         self.knowmem = {part: source.load(f"knowmem/{part}_qa") for part in ("forget", "retain")}
         shots = {part: source.load(f"knowmem/{part}_qa_icl") for part in ("forget", "retain")}
@@ -74,12 +88,15 @@ class MuseEvaluation(Evaluation):
             prompts = [few_shot_prompt(template, shots[part], row["question"]) for row in self.knowmem[part]]
             self.segments.append([Generate(p, KNOWMEM_NEW_TOKENS, True, KNOWMEM_STOP) for p in prompts])
         for rows in (self.members, self.nonmembers):
-            self.segments.append([Score("", row["text"], raw=True, token_stats=True) for row in rows])
+            self.segments.append([Score("", row["text"], True, True, text_max_length) for row in rows])
+        self.segments.append(
+            [Score(row["prompt"], " " + row["gt"], True, True, text_max_length) for row in self.verbmem]
+        )
 
     def assemble(
         self, results: Sequence[Result], retain_eval: Mapping[str, Any] | None = None
     ) -> dict[str, dict[str, Any]]:
-        verb_gen, forget_gen, retain_gen, inside, outside = self.parts(results)
+        verb_gen, forget_gen, retain_gen, inside, outside, verbmem_scores = self.parts(results)
         gt = [row["gt"] for row in self.verbmem]
         result = {
             "forget_verbmem_ROUGE": _rouge_entry(
@@ -88,13 +105,11 @@ class MuseEvaluation(Evaluation):
         }
         for part, generations in (("forget", forget_gen), ("retain", retain_gen)):
             rows = self.knowmem[part]
-            recall = M.rouge_l_recall(generations, [row["answer"] for row in rows])
-            result[f"{part}_knowmem_ROUGE"] = _rouge_entry(
-                recall, rows, "question", generations, "rougeL_recall"
-            )
-        texts = [r["text"] for r in self.members], [r["text"] for r in self.nonmembers]
-        result.update(mia_entries(inside, texts[0], outside, texts[1]))
+            f1 = M.rouge_l_f1(generations, [row["answer"] for row in rows])
+            result[f"{part}_knowmem_ROUGE"] = _rouge_entry(f1, rows, "question", generations, "rougeL_f1")
+        result.update(mia_entries(inside, outside, self.token_positions))
         result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
+        result["extraction_strength"] = extraction_entry(verbmem_scores, self.token_positions)
         return result
 
 
@@ -103,6 +118,10 @@ def evaluate_muse(
     source: MuseSource,
     template: PromptTemplate,
     retain_eval: Mapping[str, Any] | None = None,
+    text_max_length: int = TEXT_MAX_LENGTH,
+    token_positions: str = "open_unlearning",
 ) -> dict[str, dict[str, Any]]:
-    """verbmem, knowmem (forget and retain), the membership attacks and privleak of one model."""
-    return MuseEvaluation(source, template).run(inference, retain_eval)
+    """verbmem, knowmem (forget and retain), the membership attacks, privleak and extraction strength of one
+    model."""
+    evaluation = MuseEvaluation(source, template, text_max_length, token_positions)
+    return evaluation.run(inference, retain_eval)

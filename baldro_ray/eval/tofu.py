@@ -167,7 +167,9 @@ class TofuEvaluation(Evaluation):
         forget_split: str,
         holdout_split: str | None = None,
         max_new_tokens: int = 200,
+        token_positions: str = "open_unlearning",
     ) -> None:
+        self.token_positions = token_positions
         self.splits = [
             (scoring, source.load(scoring.subset.format(forget_split=forget_split))) for scoring in SPLITS
         ]
@@ -192,9 +194,8 @@ class TofuEvaluation(Evaluation):
         }
         if self.members:
             inside, outside = parts[-2], parts[-1]
-            texts = [r["answer"] for r in self.members], [r["answer"] for r in self.nonmembers]
-            result.update(mia_entries(inside, texts[0], outside, texts[1]))
-            result["extraction_strength"] = extraction_entry(inside)
+            result.update(mia_entries(inside, outside, self.token_positions))
+            result["extraction_strength"] = extraction_entry(inside, self.token_positions)
             result["privleak"] = privleak_entry(result["mia_min_k"]["agg_value"], retain_eval)
         if retain_eval is not None:
             result["forget_quality"] = forget_quality_entry(result, retain_eval)
@@ -208,15 +209,18 @@ def evaluate_tofu(
     holdout_split: str | None = None,
     max_new_tokens: int = 200,
     retain_eval: Mapping[str, Any] | None = None,
+    token_positions: str = "open_unlearning",
 ) -> dict[str, dict[str, Any]]:
     """Every split's entries (see module docstring), ``model_utility`` (``metrics.model_utility`` of the nine
     ``UTILITY_KEYS`` agg values), with ``holdout_split`` the membership attacks (forget vs holdout),
     ``extraction_strength`` and ``privleak``, and given the retain model's TOFU_EVAL dict ``forget_quality``
     (KS test of this model's per-sample forget truth ratios against the retain model's).
 
-    All requests go to ``inference`` in one call (one replica job).
+    All requests go to ``inference`` in one call (one replica job). ``token_positions``: see
+    :mod:`baldro_ray.eval.privacy`.
     """
-    return TofuEvaluation(source, forget_split, holdout_split, max_new_tokens).run(inference, retain_eval)
+    evaluation = TofuEvaluation(source, forget_split, holdout_split, max_new_tokens, token_positions)
+    return evaluation.run(inference, retain_eval)
 
 
 def forget_quality_entry(result: Mapping[str, Any], retain_eval: Mapping[str, Any]) -> dict[str, float]:

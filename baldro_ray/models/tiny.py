@@ -196,4 +196,6 @@ def load_model(
         where = "local folder" if os.path.exists(name) else "Hugging Face hub model (or missing local path)"
         raise OSError(f"could not load {where} {name!r}: {err}") from err
     check_vocabulary(len(tokenizer), model.config.vocab_size, name)
+    if tokenizer.pad_token_id is None:  # Llama's tokenizers have none; open-unlearning pads with eos too
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -3,6 +3,7 @@ computations, batched greedy generation against one-by-one, and the Ray Data rep
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from baldro_ray.eval.inference import (
     decode_request,
     encode_request,
     plan_chunks,
+    stop_token_ids,
 )
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
 
@@ -63,10 +65,11 @@ def test_plan_dedupes_groups_and_sorts() -> None:
 
 
 def _direct(model: Any, tokenizer: Any, prompt: str, text: str, raw: bool) -> dict[str, np.ndarray]:
-    """Per answer token, by hand in float64: log p, mean and std of log p over the vocabulary, argmax hit."""
+    """Per answer token, by hand in float64: log p, mean and std of log p over the vocabulary, argmax hit. A raw
+    text has no eos appended and its prefix (at least its first token) unscored."""
     if raw:
-        prompt_ids = tokenizer("")["input_ids"]
-        full = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+        prompt_ids = tokenizer(prompt)["input_ids"] or [None]
+        full = tokenizer(prompt + text)["input_ids"]
     else:
         prompt_ids = tokenizer(TEMPLATE.prompt(prompt))["input_ids"]
         full = tokenizer(TEMPLATE.full(prompt, text))["input_ids"] + [tokenizer.eos_token_id]
@@ -100,6 +103,7 @@ def test_scores_and_token_stats_match_direct(model_and_tokenizer: tuple[Any, Any
             for key in ("log_probs", "mu", "sigma"):
                 np.testing.assert_allclose(result[key], direct[key], rtol=1e-5, atol=1e-6)
             assert result["correct"] == direct["correct"].tolist()
+            assert result["target_text"] == request.answer  # a QA answer's scored eos decodes to nothing
         else:
             assert set(result) == {"nll_sum", "n_tokens"}
 
@@ -147,7 +151,84 @@ def test_replicas_equal_in_process(
             assert mine == theirs
         else:
             assert mine.keys() == theirs.keys()
-            for key in mine:
+            assert mine.get("target_text") == theirs.get("target_text")
+            for key in mine.keys() - {"target_text"}:
                 np.testing.assert_allclose(
                     np.asarray(mine[key], dtype=float), np.asarray(theirs[key], dtype=float), rtol=1e-6
                 )
+
+
+def test_generation_stops_at_every_eos_id_of_the_generation_config(
+    model_and_tokenizer: tuple[Any, Any],
+) -> None:
+    """Llama-3 Instruct's generation config lists several eos ids: generation ends at any of them (a request stopped
+    only at the tokenizer's eos would run on past the others)."""
+    model, tokenizer = model_and_tokenizer
+    model = copy.deepcopy(model)
+    prompt = torch.tensor([tokenizer(TEMPLATE.prompt(TEXTS[0]))["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=prompt, do_sample=False, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id
+        )
+    new = out[0, prompt.shape[1] :].tolist()
+    cut = next(t for t in range(1, len(new)) if new[t] not in new[:t])  # the first token not generated before
+    assert tokenizer.eos_token_id not in new[: cut + 1]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, new[cut]]
+    assert stop_token_ids(model, tokenizer) == [tokenizer.eos_token_id, new[cut]]
+    got = LocalInference(model, tokenizer, TEMPLATE, batch_size=1).run([Generate(TEXTS[0], 8)])
+    assert got == [tokenizer.decode(new[:cut], skip_special_tokens=True)]
+
+
+def test_pad_equal_to_eos_keeps_every_real_token_attended(model_and_tokenizer: tuple[Any, Any]) -> None:
+    """With pad == eos (Llama's tokenizers padded as open-unlearning does), an eos inside a sequence is a real
+    token: scores and generations of padded batches equal unpadded float64 / single computations, which a mask
+    built from ``token != pad`` would break."""
+    model, tokenizer = model_and_tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    texts = [f"{TEXTS[1]}{tokenizer.eos_token}{TEXTS[3]}", TEXTS[5], f"{TEXTS[7]}{tokenizer.eos_token} x"]
+    scores = [Score("", t, raw=True, token_stats=True) for t in texts]
+    for request, result in zip(scores, LocalInference(model, tokenizer, TEMPLATE, batch_size=3).run(scores)):
+        direct = _direct(model, tokenizer, "", request.answer, raw=True)
+        np.testing.assert_allclose(result["log_probs"], direct["log_probs"], rtol=1e-5, atol=1e-6)
+    # Few-shot style prompts: an earlier turn ends with eos, the next one follows; left padding is eos too.
+    prompts = [Generate(f"{TEXTS[0]}{tokenizer.eos_token}{q}", 5, raw=True) for q in TEXTS[2::2]]
+    batched = LocalInference(model, tokenizer, TEMPLATE, batch_size=3).run(prompts)
+    for request, text in zip(prompts, batched):
+        ids = torch.tensor([tokenizer(request.question)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=5,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[0, ids.shape[1] :].tolist()
+        new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+        assert text == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_raw_text_is_scored_past_the_inference_max_length(model_and_tokenizer: tuple[Any, Any]) -> None:
+    """A raw text's own ``max_length`` (MUSE: 2048 tokens after the prefix) wins over the inference's (the QA
+    limit, 512 by default): every token of a text longer than 512 is scored, no eos added."""
+    _, tokenizer = model_and_tokenizer
+    spec = TinyModelSpec(
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=2048,
+    )
+    model = build_tiny_llama(spec, tokenizer, seed=5).eval()
+    text = " ".join(TEXTS * 12)
+    n_text = len(tokenizer(text)["input_ids"]) - 1
+    assert n_text > 512
+    inference = LocalInference(model, tokenizer, TEMPLATE, max_length=512, batch_size=2)
+    long, cut = inference.run([Score("", text, True, True, 2048), Score("", text, True, True, 100)])
+    direct = _direct(model, tokenizer, "", text, raw=True)
+    assert long["n_tokens"] == n_text == direct["log_probs"].size
+    np.testing.assert_allclose(long["log_probs"], direct["log_probs"], rtol=1e-5, atol=1e-6)
+    assert cut["n_tokens"] == 100

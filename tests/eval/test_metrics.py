@@ -121,12 +121,13 @@ def test_rouge_l_recall_and_f1_by_hand() -> None:
 
 
 def test_loss_and_zlib_scores() -> None:
-    np.testing.assert_allclose(M.loss_score([np.array([1.0, 3.0]), np.array([0.5])]), [-2.0, -0.5])
+    np.testing.assert_allclose(M.loss_score([2.0, 0.5]), [-2.0, -0.5])
     text = ["hello hello hello", "abc"]
     sizes = [len(zlib.compress(t.encode())) for t in text]
-    np.testing.assert_allclose(M.zlib_score([6.0, 2.0], text), [-6.0 / sizes[0], -2.0 / sizes[1]])
+    # The mean NLL (not the sum) over the zlib size: 3 tokens of NLL 2 give 2 / size, not 6 / size.
+    np.testing.assert_allclose(M.zlib_score([2.0, 0.5], text), [-2.0 / sizes[0], -0.5 / sizes[1]])
     with pytest.raises(ValueError, match="empty"):
-        M.loss_score([np.array([])])
+        M.loss_score([])
     with pytest.raises(ValueError, match="length mismatch"):
         M.zlib_score([1.0], text)
 
@@ -138,6 +139,8 @@ def test_min_k_by_hand() -> None:
     # at least one token: 0.4 * 2 = 0.8 -> 1 token
     np.testing.assert_allclose(M.min_k_score([np.array([-1.0, -4.0])]), [-4.0])
     np.testing.assert_allclose(M.min_k_score([lp], k=1.0), [lp.mean()])
+    # no position (a one-token answer once its last position is left out): open-unlearning's 0
+    np.testing.assert_allclose(M.min_k_score([np.array([])]), [0.0])
     with pytest.raises(ValueError, match="k must"):
         M.min_k_score([lp], k=0.0)
 
@@ -149,9 +152,12 @@ def test_min_k_plus_plus_by_hand() -> None:
     # z = [0, -2, 0.5]; k = 0.4 of 3 -> 1 lowest: -2; k = 1.0 -> mean = -0.5
     np.testing.assert_allclose(M.min_k_plus_plus_score([lp], [mu], [sigma]), [-2.0])
     np.testing.assert_allclose(M.min_k_plus_plus_score([lp], [mu], [sigma], k=1.0), [-0.5])
-    # sigma 0 at the second position (a certain model): left out, z = [0, 0.5]; k = 0.4 of 2 -> 1 lowest: 0
-    np.testing.assert_allclose(M.min_k_plus_plus_score([lp], [mu], [np.array([1.0, 0.0, 2.0])]), [0.0])
-    assert np.isnan(M.min_k_plus_plus_score([lp], [mu], [np.zeros(3)])).all()
+    # sigma 0 at the second position (a certain model): the variance floor 1e-6 gives sigma 1e-3,
+    # z = (-2 + 1) / 1e-3 = -1000, the lowest; earlier this position was left out (score 0).
+    np.testing.assert_allclose(M.min_k_plus_plus_score([lp], [mu], [np.array([1.0, 0.0, 2.0])]), [-1000.0])
+    # every position certain: finite z = [0, -1000, 1000], not NaN
+    np.testing.assert_allclose(M.min_k_plus_plus_score([lp], [mu], [np.zeros(3)], k=0.7), [-500.0])
+    np.testing.assert_allclose(M.min_k_plus_plus_score([np.array([])], [np.array([])], [np.array([])]), [0.0])
     with pytest.raises(ValueError, match=">= 0"):
         M.min_k_plus_plus_score([lp], [mu], [-sigma])
     with pytest.raises(ValueError, match="differ"):
@@ -179,16 +185,17 @@ def test_privleak_by_hand() -> None:
 
 def test_extraction_strength_by_hand() -> None:
     t, f = True, False
-    got = M.extraction_strength(
-        [
-            np.array([t, t, t, t]),  # k* = 0 -> 1
-            np.array([f, t, t, t]),  # k* = 1 -> 0.75
-            np.array([t, f, t, f]),  # k* = 4 -> 0
-            np.array([f, t, f, t, t]),  # k* = 3 -> 0.4
-        ]
-    )
-    np.testing.assert_allclose(got, [1.0, 0.75, 0.0, 0.4])
+    rows = [
+        np.array([t, t, t, t]),  # k* = 0 -> 1
+        np.array([f, t, t, t]),  # k* = 1 -> 0.75
+        np.array([t, f, t, f]),  # k* = 4: capped at n - 1 = 3 -> 0.25; uncapped -> 0
+        np.array([f, t, f, t, t]),  # k* = 3 -> 0.4
+        np.array([f, f, t]),  # k* = 2 -> 1/3 either way: the cap gives a wrong last token the same score
+        np.array([], dtype=bool),  # no position -> 0
+    ]
+    np.testing.assert_allclose(M.extraction_strength(rows), [1.0, 0.75, 0.25, 0.4, 1 / 3, 0.0])
+    np.testing.assert_allclose(M.extraction_strength(rows, cap=False), [1.0, 0.75, 0.0, 0.4, 1 / 3, 0.0])
     with pytest.raises(ValueError, match="boolean"):
         M.extraction_strength([np.array([1, 0])])
-    with pytest.raises(ValueError, match="non-empty"):
-        M.extraction_strength([np.array([], dtype=bool)])
+    with pytest.raises(ValueError, match="1-D"):
+        M.extraction_strength([np.zeros((2, 2), dtype=bool)])

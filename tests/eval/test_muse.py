@@ -1,5 +1,7 @@
 """MUSE evaluator on a tiny MUSE-layout folder: verbmem and knowmem against direct greedy decoding and
-rouge-score, the few-shot prompt by hand, privleak AUC against scikit-learn on hand-computed Min-K%."""
+rouge-score, the few-shot prompt by hand, the membership attacks, privleak and extraction strength against
+open-unlearning's definitions computed directly (tests/eval/field_reference.py), with a text longer than 512
+tokens."""
 
 from __future__ import annotations
 
@@ -11,13 +13,19 @@ import numpy as np
 import pytest
 import torch
 from rouge_score import rouge_scorer
-from sklearn.metrics import roc_auc_score
 
 from baldro_ray.data.render import TEMPLATES, PromptTemplate
 from baldro_ray.data.sources import MuseSource
 from baldro_ray.eval.inference import LocalInference
-from baldro_ray.eval.muse import KNOWMEM_NEW_TOKENS, VERBMEM_NEW_TOKENS, evaluate_muse, few_shot_prompt
+from baldro_ray.eval.muse import (
+    KNOWMEM_NEW_TOKENS,
+    TEXT_MAX_LENGTH,
+    VERBMEM_NEW_TOKENS,
+    evaluate_muse,
+    few_shot_prompt,
+)
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokenizer
+from tests.eval import field_reference as F
 
 PLAIN = TEMPLATES["plain"]
 FACTS = [
@@ -44,10 +52,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, MuseSourc
     _write(root / "knowmem", "retain_qa", qa[2:4])
     _write(root / "knowmem", "forget_qa_icl", qa[4:5])
     _write(root / "knowmem", "retain_qa_icl", qa[5:])
-    _write(root / "privleak", "forget", [{"text": f} for f in FACTS[:3]])
+    # One member text is longer than 512 tokens: MUSE scores up to 2048.
+    _write(root / "privleak", "forget", [{"text": f} for f in FACTS[:2]] + [{"text": " ".join(FACTS * 8)}])
     _write(root / "privleak", "holdout", [{"text": f} for f in FACTS[3:]])
     tokenizer = train_tokenizer(FACTS * 3 + [r["question"] for r in qa], vocab_size=300)
-    spec = TinyModelSpec(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32)
+    spec = TinyModelSpec(
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=1024,
+    )
     model = build_tiny_llama(spec, tokenizer, seed=1).eval()
     return model, tokenizer, MuseSource(root)
 
@@ -78,6 +94,9 @@ def test_few_shot_prompt_by_hand() -> None:
     tags = PromptTemplate("Q: ", "\n", "A: ", "\n\n")
     shots = [{"question": "x?", "answer": "1"}, {"question": "y?", "answer": "2"}]
     assert few_shot_prompt(tags, shots, "z?") == "Q: x?\nA: 1\n\nQ: y?\nA: 2\n\nQ: z?\nA: "
+    # plain is open-unlearning's Llama-2-7b-hf template: its answers end with a blank line
+    expected = "Question: x?\nAnswer: 1\n\nQuestion: z?\nAnswer: "
+    assert few_shot_prompt(TEMPLATES["plain"], shots[:1], "z?") == expected
 
 
 def test_verbmem_and_knowmem(result: dict[str, Any], setup: tuple[Any, Any, MuseSource]) -> None:
@@ -99,29 +118,46 @@ def test_verbmem_and_knowmem(result: dict[str, Any], setup: tuple[Any, Any, Muse
         generation = generation.split("\n\n")[0].split("\nQuestion")[0].split("Question:")[0]
         entry = result["retain_knowmem_ROUGE"]["value_by_index"][str(i)]
         assert entry["generation"] == generation
-        assert entry["rougeL_recall"] == pytest.approx(
-            scorer.score(row["answer"], generation)["rougeL"].recall
-        )
+        # knowmem is ROUGE-L F1 (rouge_type: rougeL_f1 in open-unlearning's knowmem configs), not recall
+        expected = scorer.score(row["answer"], generation)["rougeL"]
+        assert entry["rougeL_f1"] == pytest.approx(expected.fmeasure) and "rougeL_recall" not in entry
     assert set(result["forget_knowmem_ROUGE"]["value_by_index"]) == {"0", "1"}
 
 
-def test_privleak_auc(result: dict[str, Any], setup: tuple[Any, Any, MuseSource]) -> None:
+def test_attacks_privleak_extraction_match_the_field(
+    result: dict[str, Any], setup: tuple[Any, Any, MuseSource]
+) -> None:
+    """Raw texts as open-unlearning scores them: no eos, up to 2048 tokens (a 512-token cut or an appended eos
+    would move even the LOSS attack); each attack's scores and AUC; extraction strength on verbmem."""
     model, tokenizer, source = setup
-
-    def min_k(text: str) -> float:
-        ids = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
-        lp = logits - torch.logsumexp(logits, -1, keepdim=True)
-        start = len(tokenizer("")["input_ids"])
-        values = np.sort([lp[t - 1, ids[t]].item() for t in range(start, len(ids))])
-        return values[: max(1, int(0.4 * values.size))].mean()
-
-    inside = [min_k(r["text"]) for r in source.load("privleak/forget")]
-    outside = [min_k(r["text"]) for r in source.load("privleak/holdout")]
-    auc = roc_auc_score([1] * 3 + [0] * 3, inside + outside)
-    assert result["mia_min_k"]["agg_value"] == pytest.approx(auc)
+    assert len(tokenizer(source.load("privleak/forget")[-1]["text"])["input_ids"]) > 512
+    scored = {
+        split: [
+            F.score(model, F.text_instance(tokenizer, "", r["text"], TEXT_MAX_LENGTH))
+            for r in source.load(split)
+        ]
+        for split in ("privleak/forget", "privleak/holdout")
+    }
+    attacks = {
+        "mia_loss": F.avg_loss,
+        "mia_zlib": lambda s: F.zlib_attack(s, tokenizer),
+        "mia_min_k": F.min_k_attack,
+        "mia_min_k_plus_plus": F.min_k_plus_plus_attack,
+    }
+    for name, attack in attacks.items():
+        inside, outside = ([attack(s) for s in scored[split]] for split in scored)
+        ours = [v["score"] for v in result[name]["value_by_index"].values()]
+        np.testing.assert_allclose(ours, -np.array(inside), rtol=1e-5, err_msg=name)
+        assert result[name]["agg_value"] == pytest.approx(F.auc(inside, outside)), name
+    auc = result["mia_min_k"]["agg_value"]
     assert result["privleak"]["agg_value"] == pytest.approx(((1 - auc) - 0.5) / 0.5 * 100)
+    verbmem = source.load("verbmem/forget")
+    strength = [
+        F.extraction_strength(F.score(model, F.text_instance(tokenizer, r["prompt"], " " + r["gt"], 2048)))
+        for r in verbmem
+    ]
+    got = [v["score"] for v in result["extraction_strength"]["value_by_index"].values()]
+    np.testing.assert_allclose(got, strength, atol=1e-12)
 
 
 @pytest.mark.ray

@@ -20,6 +20,7 @@ from baldro_ray.eval import tofu
 from baldro_ray.eval.inference import LocalInference
 from baldro_ray.eval.metrics import UTILITY_KEYS
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokenizer
+from tests.eval import field_reference as F
 
 TEMPLATE = TEMPLATES["tiny"]
 FORGET = "forget10"
@@ -212,49 +213,63 @@ def test_not_json_rejected(tmp_path: Path) -> None:
     assert str(path) in str(err.value)
 
 
-def _direct_token_log_probs(model: Any, tokenizer: Any, question: str, answer: str) -> np.ndarray:
-    prompt = tokenizer(TEMPLATE.prompt(question))["input_ids"]
-    full = tokenizer(TEMPLATE.full(question, answer))["input_ids"] + [tokenizer.eos_token_id]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([full])).logits[0].double()
-    log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-    return np.array([log_probs[t - 1, full[t]].item() for t in range(len(prompt), len(full))])
-
-
-def test_membership_attacks_privleak_extraction(
+def test_membership_attacks_and_extraction_match_the_field(
     result: dict[str, Any], setup: tuple[Any, Any, TofuSource]
 ) -> None:
-    from sklearn.metrics import roc_auc_score
-
+    """Every attack's per-sample scores and AUC, and extraction strength, against open-unlearning's definitions
+    computed directly (tests/eval/field_reference.py): zlib of the mean NLL, the Min-K% family and extraction
+    strength without the eos position, Min-K%++'s variance floor, extraction strength's cap."""
     model, tokenizer, source = setup
-
-    def min_k(split: str) -> list[float]:
-        out = []
-        for row in source.load(split):
-            lp = np.sort(_direct_token_log_probs(model, tokenizer, row["question"], row["answer"]))
-            out.append(lp[: max(1, int(0.4 * lp.size))].mean())
-        return out
-
-    inside, outside = min_k(FORGET), min_k(HOLDOUT)
-    auc = roc_auc_score([1] * len(inside) + [0] * len(outside), inside + outside)
-    assert result["mia_min_k"]["agg_value"] == pytest.approx(auc, abs=1e-12)
-    scores = [v["score"] for v in result["mia_min_k"]["value_by_index"].values()]
-    np.testing.assert_allclose(scores, inside, rtol=1e-5)
-    for name in ("mia_loss", "mia_zlib", "mia_min_k_plus_plus"):
-        assert 0.0 <= result[name]["agg_value"] <= 1.0
-        assert len(result[name]["holdout_value_by_index"]) == len(outside)
+    scored = {
+        split: [
+            F.score(model, F.qa_instance(tokenizer, TEMPLATE, row["question"], row["answer"], 128))
+            for row in source.load(split)
+        ]
+        for split in (FORGET, HOLDOUT)
+    }
+    attacks = {
+        "mia_loss": F.avg_loss,
+        "mia_zlib": lambda s: F.zlib_attack(s, tokenizer),
+        "mia_min_k": F.min_k_attack,
+        "mia_min_k_plus_plus": F.min_k_plus_plus_attack,
+    }
+    for name, attack in attacks.items():
+        inside, outside = ([attack(s) for s in scored[split]] for split in (FORGET, HOLDOUT))
+        ours = [v["score"] for v in result[name]["value_by_index"].values()]
+        ours_out = [v["score"] for v in result[name]["holdout_value_by_index"].values()]
+        # Our scores are "higher = member": the field's, negated.
+        np.testing.assert_allclose(ours, -np.array(inside), rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(ours_out, -np.array(outside), rtol=1e-5, err_msg=name)
+        assert result[name]["agg_value"] == pytest.approx(F.auc(inside, outside), abs=1e-12), name
+    strength = [F.extraction_strength(s) for s in scored[FORGET]]
+    got = [v["score"] for v in result["extraction_strength"]["value_by_index"].values()]
+    np.testing.assert_allclose(got, strength, atol=1e-12)
+    assert result["extraction_strength"]["agg_value"] == pytest.approx(np.mean(strength))
     # No retain logs: open-unlearning's reference AUC of 0.5.
+    auc = result["mia_min_k"]["agg_value"]
     assert result["privleak"]["reference_auc"] == 0.5
     assert result["privleak"]["agg_value"] == pytest.approx(((1 - auc) - 0.5) / 0.5 * 100)
-    row = source.load(FORGET)[0]
-    prompt = tokenizer(TEMPLATE.prompt(row["question"]))["input_ids"]
-    full = tokenizer(TEMPLATE.full(row["question"], row["answer"]))["input_ids"] + [tokenizer.eos_token_id]
-    with torch.no_grad():
-        predicted = model(input_ids=torch.tensor([full])).logits[0].argmax(-1).tolist()
-    correct = [predicted[t - 1] == full[t] for t in range(len(prompt), len(full))]
-    wrong = [i for i, c in enumerate(correct) if not c]
-    expected = 1.0 - (0 if not wrong else wrong[-1] + 1) / len(correct)
-    assert result["extraction_strength"]["value_by_index"]["0"]["score"] == pytest.approx(expected)
+
+
+def test_all_positions_keep_the_eos(result: dict[str, Any], setup: tuple[Any, Any, TofuSource]) -> None:
+    """``token_positions="all"`` (the earlier definition): Min-K% over every labelled token and extraction
+    strength uncapped, which the default must differ from."""
+    model, tokenizer, source = setup
+    kept = tofu.evaluate_tofu(_local(model, tokenizer), source, FORGET, HOLDOUT, 8, token_positions="all")
+    rows = source.load(FORGET)
+    scored = [
+        F.score(model, F.qa_instance(tokenizer, TEMPLATE, r["question"], r["answer"], 128)) for r in rows
+    ]
+    lps = [np.sort(s.token_log_probs.numpy()) for s in scored]
+    expected = [lp[: max(1, int(0.4 * lp.size))].mean() for lp in lps]
+    got = [v["score"] for v in kept["mia_min_k"]["value_by_index"].values()]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    default = [v["score"] for v in result["mia_min_k"]["value_by_index"].values()]
+    assert not np.allclose(got, default)
+    for s, v in zip(scored, kept["extraction_strength"]["value_by_index"].values()):
+        hits = (s.vocab_log_probs.argmax(-1) == s.targets).tolist()
+        wrong = [i for i, c in enumerate(hits) if not c]
+        assert v["score"] == pytest.approx(1.0 - (0 if not wrong else wrong[-1] + 1) / len(hits))
 
 
 def test_privleak_against_retain_logs(setup: tuple[Any, Any, TofuSource], result: dict[str, Any]) -> None:

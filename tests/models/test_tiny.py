@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -144,6 +145,17 @@ def test_save_load_round_trip(model, tokenizer, tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(loaded.eval()(ids).logits, model(ids).logits)
     assert load_model(out, dtype=torch.bfloat16)[0].dtype == torch.bfloat16
+
+
+def test_tokenizer_without_pad_pads_with_eos(model, tokenizer, tmp_path: Path) -> None:
+    """Llama's tokenizers have no pad token: loaded ones pad with eos, as open-unlearning's do."""
+    no_pad = copy.deepcopy(tokenizer)
+    no_pad.pad_token = None
+    out = save_model(model, no_pad, tmp_path / "no-pad")
+    assert load_model(out)[1].pad_token_id == tokenizer.eos_token_id
+    assert (
+        load_model(save_model(model, tokenizer, tmp_path / "pad"))[1].pad_token_id == tokenizer.pad_token_id
+    )
 
 
 def test_atomic_save_replaces_existing_and_leaves_no_temp(model, tokenizer, tmp_path: Path) -> None:
