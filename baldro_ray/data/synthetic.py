@@ -97,13 +97,27 @@ def round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
-def _invalid(field: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"SyntheticConfig.{field}={value!r} is invalid: allowed is {allowed}")
+def invalid(config: object, field: str, allowed: str) -> ValueError:
+    """The error for a bad config field: ``<ConfigClass>.<field>=<value> is invalid: allowed is <allowed>``."""
+    value = getattr(config, field)
+    return ValueError(f"{type(config).__name__}.{field}={value!r} is invalid: allowed is {allowed}")
 
 
-def _check_int(field: str, value: Any, low: int, high: int, why: str = "") -> None:
+def check_int(config: object, field: str, low: int, high: int, why: str = "") -> None:
+    value = getattr(config, field)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _invalid(field, value, f"an integer in [{low}, {high}]" + (f" ({why})" if why else ""))
+        raise invalid(config, field, f"an integer in [{low}, {high}]" + (f" ({why})" if why else ""))
+
+
+def check_fraction(config: object, field: str) -> None:
+    value = getattr(config, field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise invalid(config, field, "a number in [0, 1]")
+
+
+def check_seed(config: Any) -> None:
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise invalid(config, "seed", "an integer")
 
 
 @dataclass(frozen=True)
@@ -126,22 +140,19 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("num_authors", self.num_authors, 2, MAX_AUTHORS, "at least one author must stay in retain")
-        _check_int("qa_per_author", self.qa_per_author, 1, len(tpl.FACTS), "one QA per fact type")
+        check_int(self, "num_authors", 2, MAX_AUTHORS, "at least one author must stay in retain")
+        check_int(self, "qa_per_author", 1, len(tpl.FACTS), "one QA per fact type")
         forget10 = self.forget_author_counts()["forget10"]
-        if (holdout := self.num_holdout_authors) is not None:
-            _check_int("num_holdout_authors", holdout, forget10, MAX_AUTHORS, "holdout10 mirrors forget10")
-        if (perturbed := self.num_retain_perturbed_authors) is not None:
+        if self.num_holdout_authors is not None:
+            check_int(self, "num_holdout_authors", forget10, MAX_AUTHORS, "holdout10 mirrors forget10")
+        if self.num_retain_perturbed_authors is not None:
             upper = self.num_authors - forget10
-            _check_int("num_retain_perturbed_authors", perturbed, 1, upper, "the authors of retain90")
-        fraction = self.hard_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-            raise _invalid("hard_fraction", fraction, "a number in [0, 1]")
-        _check_int("hard_repeat", self.hard_repeat, 1, MAX_HARD_REPEAT)
-        _check_int("num_world_facts", self.num_world_facts, 1, MAX_FACTS)
-        _check_int("num_real_authors", self.num_real_authors, 1, MAX_FACTS)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise _invalid("seed", self.seed, "an integer")
+            check_int(self, "num_retain_perturbed_authors", 1, upper, "the authors of retain90")
+        check_fraction(self, "hard_fraction")
+        check_int(self, "hard_repeat", 1, MAX_HARD_REPEAT)
+        check_int(self, "num_world_facts", 1, MAX_FACTS)
+        check_int(self, "num_real_authors", 1, MAX_FACTS)
+        check_seed(self)
 
     def forget_author_counts(self) -> dict[str, int]:
         """Authors per forget split: ``max(1, round_half_up(num_authors * percent / 100))``; nested."""
@@ -178,6 +189,16 @@ class _QA:
         }
 
 
+def draw_unique(make: Callable[[], str], used: set[str]) -> str:
+    """A value of ``make()`` not yet in ``used``, added to it; RuntimeError when the pool looks exhausted."""
+    for _ in range(10_000):
+        value = make()
+        if value not in used:
+            used.add(value)
+            return value
+    raise RuntimeError("synthetic word pool exhausted; lower the requested sizes")
+
+
 class _Generator:
     """Draws everything from one seeded Random; ``used`` keeps names, titles and world words unique."""
 
@@ -187,12 +208,7 @@ class _Generator:
         self.identities: set[tuple[str, str, int]] = set()
 
     def unique(self, make: Callable[[], str]) -> str:
-        for _ in range(10_000):
-            value = make()
-            if value not in self.used:
-                self.used.add(value)
-                return value
-        raise RuntimeError("synthetic word pool exhausted; lower the requested sizes")
+        return draw_unique(make, self.used)
 
     @staticmethod
     def distinct(make: Callable[[], str], true: str, k: int) -> list[str]:
@@ -358,16 +374,17 @@ class _Generator:
         return rows
 
 
-def _author_difficulty(num_authors: int, num_forget: int, fraction: float) -> list[str | None]:
-    """Difficulty of each author of ``full``: None outside forget10, else "hard"/"easy".
+def difficulty_labels(num_items: int, num_forget: int, fraction: float) -> list[str | None]:
+    """Difficulty of each of ``num_items`` items whose last ``num_forget`` are forget items: None for the
+    others, else "hard"/"easy".
 
-    The j-th author from the end (1-based) is hard iff round_half_up(j * fraction) grows at j, so the last k
-    authors hold exactly round_half_up(k * fraction) hard ones, for every forget split at once.
+    The j-th item from the end (1-based) is hard iff round_half_up(j * fraction) grows at j, so the last k
+    items hold exactly round_half_up(k * fraction) hard ones, for every nested forget split at once.
     """
-    difficulty: list[str | None] = [None] * num_authors
+    difficulty: list[str | None] = [None] * num_items
     for j in range(1, num_forget + 1):
         hard = round_half_up(j * fraction) > round_half_up((j - 1) * fraction)
-        difficulty[num_authors - j] = "hard" if hard else "easy"
+        difficulty[num_items - j] = "hard" if hard else "easy"
     return difficulty
 
 
@@ -383,7 +400,7 @@ def generate_benchmark(config: SyntheticConfig) -> dict[str, Rows]:
     qas = [qa for author in authors for qa in gen.author_qa(author, per_author)]
     holdout = [qa.plain() for author in holdout_authors for qa in gen.author_qa(author, per_author)]
     world, famous = gen.world_facts(config.num_world_facts), gen.real_authors(config.num_real_authors)
-    difficulty = _author_difficulty(num_authors, counts["forget10"], config.hard_fraction)
+    difficulty = difficulty_labels(num_authors, counts["forget10"], config.hard_fraction)
     repeats = [config.hard_repeat if g == "hard" else 1 for g in difficulty] + [0] * len(holdout_authors)
     difficulty += [None] * len(holdout_authors)
 
@@ -450,22 +467,30 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _manifest(config: SyntheticConfig, payloads: dict[str, bytes]) -> dict[str, Any]:
-    """``content_sha256`` hashes the sorted ``name NUL sha256 LF`` lines of every data file."""
+def benchmark_manifest(
+    format_name: str,
+    config: Any,
+    splits: tuple[str, ...],
+    sidecars: tuple[str, ...],
+    payloads: dict[str, bytes],
+) -> dict[str, Any]:
+    """The manifest of a generated benchmark whose files (relative path -> bytes) are ``payloads``;
+    ``config`` is a dataclass. ``content_sha256`` hashes the sorted ``name NUL sha256 LF`` lines of every data
+    file."""
     files = {name: {"rows": data.count(b"\n"), "sha256": _sha256(data)} for name, data in payloads.items()}
     content = "".join(f"{name}\0{files[name]['sha256']}\n" for name in sorted(files))
     return {
-        "format": MANIFEST_FORMAT,
+        "format": format_name,
         "format_version": 1,
         "config": asdict(config),
-        "splits": list(TOFU_SPLITS),
-        "sidecars": list(SIDECARS),
+        "splits": list(splits),
+        "sidecars": list(sidecars),
         "files": files,
         "content_sha256": _sha256(content.encode()),
     }
 
 
-def _holds_benchmark(out_dir: Path, manifest: dict[str, Any]) -> bool:
+def holds_benchmark(out_dir: Path, manifest: dict[str, Any]) -> bool:
     """True if ``out_dir`` has a manifest with this content hash and every data file still matches it."""
     try:
         existing = json.loads((out_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
@@ -487,17 +512,15 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def write_benchmark(config: SyntheticConfig, out_dir: str | Path) -> Path:
-    """Write every table of ``generate_benchmark`` as ``<name>.json`` plus the ``benchmark.json`` manifest.
+def install_benchmark(out_dir: str | Path, payloads: dict[str, bytes], manifest: dict[str, Any]) -> Path:
+    """Write ``payloads`` (relative path -> bytes, sub-folders allowed) plus ``manifest`` as ``benchmark.json``.
 
     The folder appears whole or not at all (built in a temporary sibling, then renamed). If ``out_dir``
     already holds a benchmark with the same content hash and intact files, nothing is rewritten. A non-empty
     folder without a manifest is never replaced (FileExistsError). Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
-    payloads = {f"{name}.json": jsonl_bytes(rows) for name, rows in generate_benchmark(config).items()}
-    manifest = _manifest(config, payloads)
-    if _holds_benchmark(out_dir, manifest):
+    if holds_benchmark(out_dir, manifest):
         return out_dir
     if os.path.lexists(out_dir) and (
         not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file())
@@ -508,11 +531,21 @@ def write_benchmark(config: SyntheticConfig, out_dir: str | Path) -> Path:
     try:
         with staging_dir(out_dir) as staging:
             for name, data in payloads.items():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 _write_synced(staging / name, data)
             _write_synced(staging / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
     except OSError:
-        if not _holds_benchmark(
+        if not holds_benchmark(
             out_dir, manifest
         ):  # else a concurrent writer published the same benchmark first
             raise
     return out_dir
+
+
+def write_benchmark(config: SyntheticConfig, out_dir: str | Path) -> Path:
+    """Write every table of ``generate_benchmark`` as ``<name>.json`` plus the ``benchmark.json`` manifest,
+    atomically and only when ``out_dir`` does not already hold it (``install_benchmark``). Returns ``out_dir``.
+    """
+    payloads = {f"{name}.json": jsonl_bytes(rows) for name, rows in generate_benchmark(config).items()}
+    manifest = benchmark_manifest(MANIFEST_FORMAT, config, TOFU_SPLITS, SIDECARS, payloads)
+    return install_benchmark(out_dir, payloads, manifest)
