@@ -30,6 +30,9 @@ Sidecars (JSON Lines too):
   times in a row (``hard_repeat`` for hard authors, else 1), then world_facts and real_authors QA. Unshuffled.
 * ``finetune_mix_retainYY``: finetune_mix without forgetXX's rows (the rest keep their repeats): the retain
   model's training data for that forget split.
+
+The config checks, ``draw_unique``, ``difficulty_labels``, ``benchmark_manifest`` and ``install_benchmark`` (the
+atomic, reuse-aware folder write) also serve the MUSE-format generator, ``synthetic_muse``.
 """
 
 from __future__ import annotations
