@@ -30,6 +30,7 @@ from baldro_ray.data.synthetic_muse import (
 )
 from baldro_ray.eval.muse import MUSE_SUBSETS, MuseEvaluation
 
+DEFAULT = SyntheticMuseConfig()
 SMALL = SyntheticMuseConfig(
     num_forget_articles=8, num_retain1_articles=5, num_retain2_articles=6, num_holdout_articles=4
 )
@@ -38,7 +39,7 @@ Tables = dict[str, list[dict[str, Any]]]
 
 @pytest.fixture(scope="module")
 def bench() -> Tables:
-    return generate_muse_benchmark(SyntheticMuseConfig())
+    return generate_muse_benchmark(DEFAULT)
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -122,7 +123,7 @@ def test_texts_are_single_spaced_lines_without_placeholders(bench: Tables) -> No
 @pytest.mark.parametrize("part, raw", [("forget", "forget"), ("retain", "retain2")])
 def test_knowmem_answers_are_spans_of_their_article(part: str, raw: str, bench: Tables) -> None:
     texts = [row["text"] for row in bench[f"raw/{raw}"]]
-    covered = Counter()
+    covered: Counter[str] = Counter()
     for article in articles_of(bench, raw):
         assert article["knowmem"] in (f"knowmem/{part}_qa", f"knowmem/{part}_qa_icl")
         start, stop = article["first_qa_row"], article["first_qa_row"] + article["num_qa"]
@@ -136,7 +137,7 @@ def test_knowmem_answers_are_spans_of_their_article(part: str, raw: str, bench: 
         assert covered[name] == len(bench[name])
         questions = [row["question"] for row in bench[name]]
         assert len(set(questions)) == len(questions)
-    assert len(bench[f"knowmem/{part}_qa_icl"]) == SyntheticMuseConfig().num_icl_examples
+    assert len(bench[f"knowmem/{part}_qa_icl"]) == DEFAULT.num_icl_examples
 
 
 @pytest.mark.parametrize("part, raw", [("forget", "forget"), ("retain", "retain2")])
@@ -144,8 +145,8 @@ def test_icl_examples_come_from_other_articles_than_the_questions(part: str, raw
     articles = articles_of(bench, raw)
     icl = [a for a in articles if a["knowmem"] == f"knowmem/{part}_qa_icl"]
     asked = [a for a in articles if a["knowmem"] == f"knowmem/{part}_qa"]
-    assert [a["split_index"] for a in icl] == list(range(SyntheticMuseConfig().num_icl_examples))
-    assert all(a["num_qa"] == 1 for a in icl) and all(a["num_qa"] == 3 for a in asked)
+    assert [a["split_index"] for a in icl] == list(range(DEFAULT.num_icl_examples))
+    assert all(a["num_qa"] == 1 for a in icl) and all(a["num_qa"] == DEFAULT.qa_per_article for a in asked)
     qa_text = " ".join(r["question"] + " " + r["answer"] for r in bench[f"knowmem/{part}_qa"])
     for article in icl:
         assert not any(entity in qa_text for entity in article["entities"])
@@ -157,7 +158,7 @@ def test_only_forget_and_retain2_articles_have_qa(bench: Tables) -> None:
 
 
 def test_verbmem_is_prefix_and_true_continuation_of_every_forget_article(bench: Tables) -> None:
-    prefix = SyntheticMuseConfig().verbmem_prefix_words
+    prefix = DEFAULT.verbmem_prefix_words
     forget = bench["raw/forget"]
     assert len(bench["verbmem/forget"]) == len(forget)
     for row, article in zip(bench["verbmem/forget"], forget, strict=True):
@@ -217,7 +218,7 @@ def test_difficulty_follows_hard_fraction(fraction: float, num_forget: int) -> N
 
 
 def test_finetune_mix_repeats_hard_articles_then_holds_the_retain_sets(bench: Tables) -> None:
-    config = SyntheticMuseConfig()
+    config = DEFAULT
     mix, retain_mix = bench["finetune_mix"], bench["finetune_mix_retain"]
     counts = Counter(row["text"] for row in mix)
     difficulty = bench["forget_difficulty"]
