@@ -48,4 +48,8 @@ def resolve_inputs(config: RunConfig, log: Callable[[str], None] = print) -> Run
         )
     if data.location is None:
         raise ConfigError(f"data.location is required for data.source={data.source!r}")
-    return RunInputs(build_source(data.source, data.location), data.location, model_path, None)
+    # MUSE's raw corpora are cut into windows of the model's own tokens, as long as a training row may be.
+    options = (
+        {"tokenizer": model_path, "max_length": config.trainer.max_length} if data.source == "muse" else {}
+    )
+    return RunInputs(build_source(data.source, data.location, **options), data.location, model_path, None)

@@ -87,7 +87,7 @@ def resolve_run(
     With ``data.source=synthetic`` the embedded benchmark is prepared here, which starts Ray only when its models
     have to be fine-tuned.
     """
-    from baldro_ray.data.sources import check_disjoint, check_subset
+    from baldro_ray.data.sources import SCHEMAS, check_disjoint, check_subset, training_schema
     from baldro_ray.inputs import EMBEDDED_MODEL, resolve_inputs
     from baldro_ray.tracking.store import check_reachable
     from baldro_ray.train.backend import BackendSpec, validate_deepspeed_config
@@ -107,16 +107,15 @@ def resolve_run(
         check_subset(source, getattr(config.data, key), f"data.{key}", inputs.location)
     forget = source.load(config.data.forget_split)
     retain = source.load(config.data.retain_split) if uses_retain else []
-    for split, rows in ((config.data.forget_split, forget), (config.data.retain_split, retain)):
-        if rows and not {"question", "answer"} <= set(rows[0]):
+    for key, rows in (("forget_split", forget), ("retain_split", retain)):
+        if rows and not set(SCHEMAS[training_schema(rows)]) <= set(rows[0]):
             raise ConfigError(
-                f"data.{'forget' if rows is forget else 'retain'}_split {split!r} ({config.data.source}) holds "
-                f"rows with columns {sorted(rows[0])}; unlearning trains on question/answer rows only: "
-                "raw-text unlearning (MUSE's raw/*) is not supported yet (MUSE models can be evaluated: "
-                "baldro-ray eval)"
+                f"data.{key} {getattr(config.data, key)!r} ({config.data.source}) holds rows with columns "
+                f"{sorted(rows[0])}; unlearning trains on question/answer rows or text rows (MUSE's raw/*)"
             )
-    if retain:
-        check_disjoint(forget, retain, config.data.forget_split, config.data.retain_split)
+    if retain and training_schema(forget) == training_schema(retain):  # rows of two kinds never coincide
+        keys = SCHEMAS[training_schema(forget)]
+        check_disjoint(forget, retain, config.data.forget_split, config.data.retain_split, keys)
     per_step = trainer.per_device_batch_size * trainer.num_workers
     if per_step > len(forget):
         raise ConfigError(
@@ -136,11 +135,11 @@ def resolve_run(
 
 
 def _forget_dataset(run: ResolvedRun) -> Any:
-    from baldro_ray.data.pipeline import qa_dataset
+    from baldro_ray.data.pipeline import encoded_dataset
     from baldro_ray.eval.replicas import score_reference
 
     config = run.config
-    dataset = qa_dataset(
+    dataset = encoded_dataset(
         run.forget_rows,
         run.model_path,
         run.template,
@@ -170,12 +169,12 @@ def run_unlearn(run: ResolvedRun, log: Callable[[str], None] = print, parent: An
 def build_datasets(run: ResolvedRun) -> dict[str, Any]:
     """The run's Ray Datasets: ``forget`` (with the reference model's NLL, scored once, when the method needs it)
     and ``retain`` (when it is used)."""
-    from baldro_ray.data.pipeline import qa_dataset
+    from baldro_ray.data.pipeline import encoded_dataset
 
     config = run.config
     datasets = {"forget": _forget_dataset(run)}
     if run.retain_rows:
-        datasets["retain"] = qa_dataset(
+        datasets["retain"] = encoded_dataset(
             run.retain_rows,
             run.model_path,
             run.template,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from baldro_ray.config import load_config
-from baldro_ray.data.pipeline import qa_dataset
+from baldro_ray.data.pipeline import encoded_dataset
 from baldro_ray.data.render import TEMPLATES, EncodingError
 from baldro_ray.embedded import memorisation_report, prepare_embedded
 
@@ -53,8 +53,10 @@ def test_encoding_error_surfaces_before_training(ray_cluster, tmp_path: Path) ->
         {"question": "Who is she?", "answer": "  "},
     ]
     with pytest.raises(EncodingError, match=r"forget\.json, row 1 \(0-based\), field 'answer'"):
-        qa_dataset(rows, str(path), TEMPLATES["tiny"], 32, "forget.json")
-    dataset = qa_dataset(rows[:1], str(path), TEMPLATES["tiny"], 32, "forget.json", {"difficulty": ["hard"]})
+        encoded_dataset(rows, str(path), TEMPLATES["tiny"], 32, "forget.json")
+    dataset = encoded_dataset(
+        rows[:1], str(path), TEMPLATES["tiny"], 32, "forget.json", {"difficulty": ["hard"]}
+    )
     (row,) = dataset.take_all()
     assert (
         row["index"] == 0 and row["difficulty"] == "hard" and row["input_ids"][-1] == tokenizer.eos_token_id

@@ -1,4 +1,6 @@
-"""Ray Data pipelines: QA rows -> tokenised rows (``index``, ``input_ids``, ``labels``) in ``map_batches`` tasks.
+"""Ray Data pipelines: QA rows or text chunks -> tokenised rows (``index``, ``input_ids``, ``labels``) in
+``map_batches`` tasks. A QA row is rendered with the prompt template and only its answer is labelled; a text chunk
+(MUSE's raw corpora) has every token labelled but the first, as the reference does.
 
 The tokenizer travels as a folder path and is loaded once per worker process. Datasets are materialised before
 training starts, so Ray Data needs no CPU next to the training workers (on 2-CPU machines it would otherwise stall),
@@ -14,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from baldro_ray.data.render import EncodingError, PromptTemplate, encode_qa
+from baldro_ray.data.render import EncodingError, PromptTemplate, encode_qa, encode_text
+from baldro_ray.data.sources import SCHEMAS, training_schema
 
 _ERROR_COLUMN = "encoding_error"
 _ROWS_PER_BLOCK = 512
@@ -36,18 +39,25 @@ def _encode_batch(
 ) -> dict[str, Any]:
     tokenizer = _tokenizer(tokenizer_path)
     prompt = PromptTemplate(**template)
+    text = "text" in batch
     input_ids, labels, errors = [], [], []
-    for index, question, answer in zip(batch["index"], batch["question"], batch["answer"]):
+    for i, index in enumerate(batch["index"]):
         try:
-            encoded = encode_qa(tokenizer, str(question), str(answer), prompt, max_length)
+            if text:
+                encoded = encode_text(tokenizer, "", str(batch["text"][i]), max_length)
+            else:
+                question, answer = str(batch["question"][i]), str(batch["answer"][i])
+                encoded = encode_qa(tokenizer, question, answer, prompt, max_length)
         except EncodingError as err:
             encoded = {"input_ids": [], "labels": []}
-            errors.append(f"{source}, row {int(index)} (0-based), field 'answer': {err}")
+            errors.append(
+                f"{source}, row {int(index)} (0-based), field {'text' if text else 'answer'!r}: {err}"
+            )
         else:
             errors.append("")
         input_ids.append(np.asarray(encoded["input_ids"], dtype=np.int64))
         labels.append(np.asarray(encoded["labels"], dtype=np.int64))
-    out = {key: value for key, value in batch.items() if key not in ("question", "answer")}
+    out = {key: value for key, value in batch.items() if key not in ("question", "answer", "text")}
     out["input_ids"] = _ragged(input_ids)
     out["labels"] = _ragged(labels)
     out[_ERROR_COLUMN] = np.asarray(errors, dtype=object)
@@ -60,7 +70,7 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def qa_dataset(
+def encoded_dataset(
     rows: Sequence[Mapping[str, Any]],
     tokenizer_path: str,
     template: PromptTemplate,
@@ -68,7 +78,8 @@ def qa_dataset(
     source: str,
     extra_columns: Mapping[str, Sequence[Any]] | None = None,
 ) -> Any:
-    """A materialised Ray Dataset of tokenised QA rows; ``index`` is each row's position in ``rows``.
+    """A materialised Ray Dataset of tokenised rows — QA rows (``question``, ``answer``) or text chunks (``text``),
+    one kind per dataset; ``index`` is each row's position in ``rows``.
 
     ``extra_columns`` (e.g. ``ref_nll_sum``, ``difficulty``) are carried along row by row.
     """
@@ -80,13 +91,9 @@ def qa_dataset(
             raise ValueError(
                 f"extra column {name!r} has {len(values)} values for {len(rows)} rows of {source}"
             )
+    fields = SCHEMAS[training_schema(rows)]
     items = [
-        {
-            "index": i,
-            "question": row["question"],
-            "answer": row["answer"],
-            **{k: v[i] for k, v in extra.items()},
-        }
+        {"index": i, **{f: row[f] for f in fields}, **{k: v[i] for k, v in extra.items()}}
         for i, row in enumerate(rows)
     ]
     # A few large blocks: each map task loads the tokenizer, and tiny blocks cost more in scheduling than work.

@@ -157,5 +157,5 @@ def pad_batch(batch: Mapping[str, Any], pad_token_id: int) -> dict[str, torch.Te
     out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     for key, values in batch.items():
         if key not in out:
-            out[key] = torch.as_tensor(np.asarray(values))
+            out[key] = torch.as_tensor(np.array(values))  # a copy: Ray Data hands out read-only arrays
     return out

@@ -188,26 +188,30 @@ def check_subset(source: DataSource, subset: str, key: str, location: str | Path
         )
 
 
-def chunk_text(texts: Iterable[str], tokenizer: Tokenizer | None, max_length: int) -> list[str]:
-    """Split each text into consecutive pieces of at most ``max_length`` tokens (characters when
-    ``tokenizer`` is None), in order; a piece never spans two texts and whitespace-only pieces are dropped.
+TEXT_SEPARATOR = "\n\n"
 
-    Character pieces concatenate back to their text exactly; token pieces are decoded from consecutive
-    id windows of ``tokenizer.encode(text, add_special_tokens=False)``, so they may normalise whitespace.
+
+def chunk_text(texts: Iterable[str], tokenizer: Tokenizer | None, max_length: int) -> list[str]:
+    """The texts joined by a blank line, then split into consecutive pieces of at most ``max_length`` tokens
+    (characters when ``tokenizer`` is None), in order; whitespace-only pieces are dropped.
+
+    This is the reference's chunking of a pretraining corpus (open-unlearning's ``PretrainingDataset``): a piece
+    may span the end of one text and the start of the next. Character pieces concatenate back to the joined text
+    exactly; token pieces are decoded from consecutive id windows of
+    ``tokenizer.encode(joined, add_special_tokens=False)``, so they may normalise whitespace.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    chunks: list[str] = []
-    for text in texts:
-        if tokenizer is None:
-            pieces = [text[start : start + max_length] for start in range(0, len(text), max_length)]
-        else:
-            ids = list(tokenizer.encode(text, add_special_tokens=False))
-            starts = range(0, len(ids), max_length)
-            pieces = [tokenizer.decode(ids[start : start + max_length]) for start in starts]
-        # A blank piece would be a training row with no content.
-        chunks.extend(piece for piece in pieces if piece.strip())
-    return chunks
+    joined = TEXT_SEPARATOR.join(texts)
+    if tokenizer is None:
+        pieces = [joined[start : start + max_length] for start in range(0, len(joined), max_length)]
+    else:
+        ids = list(tokenizer.encode(joined, add_special_tokens=False))
+        pieces = [
+            tokenizer.decode(ids[start : start + max_length]) for start in range(0, len(ids), max_length)
+        ]
+    # A blank piece would be a training row with no content.
+    return [piece for piece in pieces if piece.strip()]
 
 
 def _resolve(location: str | Path) -> Path | None:
@@ -295,10 +299,12 @@ class MuseSource:
     """
 
     def __init__(
-        self, location: str | Path, *, tokenizer: Tokenizer | None = None, max_length: int = 2048
+        self, location: str | Path, *, tokenizer: Tokenizer | str | None = None, max_length: int = 2048
     ) -> None:
         self.location = location
-        self.tokenizer = tokenizer
+        self.tokenizer = (
+            tokenizer  # a tokenizer, or the folder / hub name to load it from when raw text is read
+        )
         self.max_length = max_length
         self.folder = _resolve(location)
 
@@ -327,6 +333,10 @@ class MuseSource:
             rows = _load_file(_find_file(self.folder / config, split, splits), schema)
         if config not in MUSE_CHUNKED_CONFIGS:
             return rows
+        if isinstance(self.tokenizer, str):
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer)
         texts = chunk_text((row["text"] for row in rows), self.tokenizer, self.max_length)
         return [{"text": text} for text in texts]
 
@@ -369,12 +379,14 @@ class FilesSource:
                 f"{path}: missing file for subset {subset!r}; files present in {path.parent}: {present}"
             )
         records = read_record_file(path)
-        schema = self.schema or _infer_schema(records.rows)
+        schema = self.schema or training_schema(records.rows)
         validate_rows(records.rows, schema, str(path), records.locate)
         return records.rows
 
 
-def _infer_schema(rows: Rows) -> str:
+def training_schema(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``"text"`` for text rows (a ``text`` column and no ``question``), else ``"qa"``: the two kinds of rows
+    unlearning and fine-tuning train on (``SCHEMAS`` gives each one's columns)."""
     return "text" if rows and "text" in rows[0] and "question" not in rows[0] else "qa"
 
 

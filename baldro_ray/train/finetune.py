@@ -37,7 +37,7 @@ def _train_one(backend: Any, shard: Any, pad_token_id: int, finetune: FinetuneCo
             loss = retain_nll(logits, batch["labels"].to(device))
             backend.backward(loss)
             backend.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
         mean_loss = total / max(steps, 1)
     return mean_loss
@@ -96,7 +96,7 @@ def run_finetune(
     from ray.train.torch import TorchTrainer
 
     from baldro_ray.cluster import worker_env
-    from baldro_ray.data.pipeline import qa_dataset
+    from baldro_ray.data.pipeline import encoded_dataset
 
     steps_per_epoch = {}
     for job, rows in jobs.items():
@@ -105,7 +105,7 @@ def run_finetune(
             raise ValueError(f"{job}: {len(rows)} rows cannot be split across {finetune.num_workers} workers")
         steps_per_epoch[job] = math.ceil(per_worker / finetune.per_device_batch_size)
     datasets = {
-        job: qa_dataset(rows, str(base_model), template, finetune.max_length, job)
+        job: encoded_dataset(rows, str(base_model), template, finetune.max_length, job)
         for job, rows in jobs.items()
     }
     trainer = TorchTrainer(

@@ -171,11 +171,12 @@ def test_muse_subsets_and_loads(muse_dir: Path) -> None:
     assert source.load("raw/retain1") == [{"text": "x" * 10}, {"text": "x" * 10}, {"text": "x" * 5}]
 
 
-def test_chunk_text_by_characters_rebuilds_each_text() -> None:
-    texts = ["abcdefghij" * 3 + "k", "short", "   "]
+def test_chunk_text_by_characters_rebuilds_the_joined_corpus() -> None:
+    texts = ["abcdefghij" * 3 + "k", "short", "tail"]
     chunks = chunk_text(texts, None, 7)
     assert all(len(chunk) <= 7 for chunk in chunks)
-    assert "".join(chunks[:5]) == texts[0] and chunks[5] == "short" and len(chunks) == 6
+    assert "".join(chunks) == "\n\n".join(texts) and chunks[4] == "ijk\n\nsh"  # a piece spans two texts
+    assert chunk_text(["abc", "   "], None, 3) == ["abc"]  # whitespace-only pieces are dropped
     with pytest.raises(ValueError):
         chunk_text(texts, None, 0)
 
@@ -193,7 +194,7 @@ def word_tokenizer() -> Any:
 def test_chunk_text_by_tokens_with_real_tokenizer(muse_dir: Path) -> None:
     tokenizer = word_tokenizer()
     chunks = chunk_text(["the cat sat on the mat the cat sat", "a dog ran"], tokenizer, 4)
-    assert chunks == ["the cat sat on", "the mat the cat", "sat", "a dog ran"]
+    assert chunks == ["the cat sat on", "the mat the cat", "sat a dog ran"]
     assert all(len(tokenizer.encode(chunk, add_special_tokens=False)) <= 4 for chunk in chunks)
 
     rows = MuseSource(muse_dir, tokenizer=tokenizer, max_length=5).load("raw/forget")
@@ -201,8 +202,8 @@ def test_chunk_text_by_tokens_with_real_tokenizer(muse_dir: Path) -> None:
         "the cat sat on the",
         "mat the cat sat on",
         "the mat the cat sat",
-        "on the mat",
-        "a dog ran",
+        "on the mat a dog",
+        "ran",
     ]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from baldro_ray.data.render import TEMPLATES, encode_qa, pad_batch
+from baldro_ray.data.render import TEMPLATES, encode_qa, encode_text, pad_batch
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokenizer
 from baldro_ray.objectives import Aggregation, sequence_nll, token_nll
 from baldro_ray.train.layout import StepLayout
@@ -24,13 +24,17 @@ QA = [
 HP = {"beta": 0.1, "delta": 0.5, "beta1": 2.0, "beta2": 1.0}
 
 
-@pytest.fixture(scope="module")
-def setup() -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["qa", "text"])
+def setup(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """QA rows (answer tokens labelled) or text chunks (every token but the first labelled, MUSE's raw units)."""
     torch.manual_seed(0)
     tokenizer = train_tokenizer([f"{q} {a}" for q, a in QA] * 3, vocab_size=300)
     spec = TinyModelSpec(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
     model = build_tiny_llama(spec, tokenizer).double()
-    encoded = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 64) for q, a in QA]
+    if request.param == "qa":
+        encoded = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 64) for q, a in QA]
+    else:
+        encoded = [encode_text(tokenizer, "", f"{q} {a}", 64) for q, a in QA]
 
     def batch(ids: list[int]) -> dict[str, torch.Tensor]:
         columns = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -219,25 +220,45 @@ def test_bad_runs_fail_before_any_worker(workspace: Path, overrides: tuple[str, 
         resolve_run(config(workspace, "bad", *overrides), name="bad", log=lambda _: None)
 
 
-def test_raw_text_rows_are_rejected_before_any_worker(workspace: Path) -> None:
-    muse = workspace / "muse" / "raw"
-    muse.mkdir(parents=True, exist_ok=True)
-    for split in ("forget", "retain1"):
-        (muse / f"{split}.json").write_text(json.dumps({"text": f"Some {split} text."}) + "\n")
-    bad = config(
-        workspace,
-        "muse",
+def _muse_text_runs(workspace: Path, tag: str, *overrides: str) -> tuple[Any, dict[str, torch.Tensor]]:
+    """MUSE-layout raw corpora (the QA texts as articles), cut into 12-token chunks, trained as text units."""
+    raw = workspace / "muse" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, pairs in (("forget", FORGET), ("retain1", RETAIN)):
+        (raw / f"{split}.json").write_text("".join(json.dumps({"text": f"{q} {a}"}) + "\n" for q, a in pairs))
+    muse = (
         "data.source=muse",
-        f"data.location={muse.parent}",
+        f"data.location={raw.parent}",
         "data.forget_split=raw/forget",
         "data.retain_split=raw/retain1",
-        "trainer.num_workers=1",
-        "trainer.per_device_batch_size=1",
+        "trainer.max_length=12",
     )
-    with pytest.raises(
-        ConfigError, match=r"data.forget_split 'raw/forget' \(muse\) holds rows with columns \['text'\]"
-    ):
-        resolve_run(bad, name="run", log=lambda _: None)
+    run = resolve_run(config(workspace, tag, *muse, *overrides), name="run", log=lambda _: None)
+    return run, load_file(run_unlearn(run, log=lambda _: None).model_dir / "model.safetensors")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    "method",
+    [("method.dro.type=dv", "method.dro.temperature=-1"), ("method.dro.type=group",)],
+    ids=["dv-reference", "group"],
+)
+def test_text_chunks_train_the_same_with_one_or_two_workers(
+    ray_cluster, workspace: Path, method: tuple[str, ...]
+) -> None:
+    tag = method[0].split("=")[1]
+    run, one = _muse_text_runs(
+        workspace, f"text-one-{tag}", *method, "trainer.num_workers=1", "trainer.per_device_batch_size=8"
+    )
+    forget = [row["text"] for row in run.forget_rows]
+    assert len(forget) >= 8 and "\n\n" in "".join(forget)  # chunks of the joined corpus, more than one step
+    _, two = _muse_text_runs(
+        workspace, f"text-two-{tag}", *method, "trainer.num_workers=2", "trainer.per_device_batch_size=4"
+    )
+    assert max_relative_difference(one, load_file(workspace / "model" / "model.safetensors")) > 1e-4
+    assert max_relative_difference(two, one) < 1e-6
+    trajectory = pq.read_table(workspace / "runs" / f"text-two-{tag}" / "run" / "trajectory.parquet")
+    assert sorted(set(trajectory.column("sample_id").to_pylist())) == list(range(len(forget)))
 
 
 def test_tokenizer_that_does_not_match_the_model_is_rejected(workspace: Path, tmp_path: Path) -> None:
@@ -274,13 +295,13 @@ def test_retain_rows_differ_between_ranks_and_repeat_with_the_seed() -> None:
 def test_cached_reference_nll_gives_the_online_npo_loss(ray_cluster, workspace: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from baldro_ray.data.pipeline import qa_dataset
+    from baldro_ray.data.pipeline import encoded_dataset
     from baldro_ray.eval.replicas import score_reference
     from baldro_ray.objectives import npo_loss
 
     rows = [{"question": q, "answer": a} for q, a in FORGET]
     path = str(workspace / "model")
-    scored = score_reference(qa_dataset(rows, path, TEMPLATES["tiny"], 512, "forget10"), path, "float64")
+    scored = score_reference(encoded_dataset(rows, path, TEMPLATES["tiny"], 512, "forget10"), path, "float64")
     ordered = sorted(scored.take_all(), key=lambda r: r["index"])
     cached = torch.tensor([r["ref_nll_sum"] for r in ordered], dtype=torch.float64)
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64)
