@@ -100,20 +100,6 @@ HONOREE_JOBS = (
     "a midwife",
     "a lifeboat captain",
 )
-MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
 
 
 @dataclass(frozen=True)

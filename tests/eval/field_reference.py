@@ -113,6 +113,16 @@ def extraction_strength(s: Scored) -> float:
     return 1.0 - k / n
 
 
+def attacks(tokenizer: Any) -> dict[str, Any]:
+    """The four membership attacks by their entry names, each ``Scored -> float``."""
+    return {
+        "mia_loss": avg_loss,
+        "mia_zlib": lambda s: zlib_attack(s, tokenizer),
+        "mia_min_k": min_k_attack,
+        "mia_min_k_plus_plus": min_k_plus_plus_attack,
+    }
+
+
 def auc(forget: Sequence[float], holdout: Sequence[float]) -> float:
     """AUC with forget labelled 0 and holdout 1 (lower scores = members)."""
     return float(roc_auc_score([0] * len(forget) + [1] * len(holdout), [*forget, *holdout]))

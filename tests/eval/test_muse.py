@@ -138,13 +138,7 @@ def test_attacks_privleak_extraction_match_the_field(
         ]
         for split in ("privleak/forget", "privleak/holdout")
     }
-    attacks = {
-        "mia_loss": F.avg_loss,
-        "mia_zlib": lambda s: F.zlib_attack(s, tokenizer),
-        "mia_min_k": F.min_k_attack,
-        "mia_min_k_plus_plus": F.min_k_plus_plus_attack,
-    }
-    for name, attack in attacks.items():
+    for name, attack in F.attacks(tokenizer).items():
         inside, outside = ([attack(s) for s in scored[split]] for split in scored)
         ours = [v["score"] for v in result[name]["value_by_index"].values()]
         np.testing.assert_allclose(ours, -np.array(inside), rtol=1e-5, err_msg=name)

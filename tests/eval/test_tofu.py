@@ -227,13 +227,7 @@ def test_membership_attacks_and_extraction_match_the_field(
         ]
         for split in (FORGET, HOLDOUT)
     }
-    attacks = {
-        "mia_loss": F.avg_loss,
-        "mia_zlib": lambda s: F.zlib_attack(s, tokenizer),
-        "mia_min_k": F.min_k_attack,
-        "mia_min_k_plus_plus": F.min_k_plus_plus_attack,
-    }
-    for name, attack in attacks.items():
+    for name, attack in F.attacks(tokenizer).items():
         inside, outside = ([attack(s) for s in scored[split]] for split in (FORGET, HOLDOUT))
         ours = [v["score"] for v in result[name]["value_by_index"].values()]
         ours_out = [v["score"] for v in result[name]["holdout_value_by_index"].values()]
