@@ -85,9 +85,8 @@ def test_no_bar_where_the_console_is_not_live(capsys: pytest.CaptureFixture[str]
 def test_training_view_prints_each_epoch_line_once(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(
-        console, "_live", True
-    )  # as the CLI's configure leaves it; stderr here is no terminal
+    # As the CLI's configure leaves it; stderr here is no terminal.
+    monkeypatch.setattr(console, "_live", True)
     view = TrainingView()
     for epoch in (1, 2):
         for step in range(1, 5):

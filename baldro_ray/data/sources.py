@@ -302,9 +302,8 @@ class MuseSource:
         self, location: str | Path, *, tokenizer: Tokenizer | str | None = None, max_length: int = 2048
     ) -> None:
         self.location = location
-        self.tokenizer = (
-            tokenizer  # a tokenizer, or the folder / hub name to load it from when raw text is read
-        )
+        # A tokenizer, or the folder / hub name to load it from when raw text is first read.
+        self.tokenizer = tokenizer
         self.max_length = max_length
         self.folder = _resolve(location)
 

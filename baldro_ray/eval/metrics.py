@@ -212,9 +212,8 @@ def min_k_score(token_log_probs: Sequence[np.ndarray], k: float = 0.4) -> np.nda
     return np.array([_lowest_k_mean(x, k) for x in lps])
 
 
-MIN_K_PLUS_PLUS_MIN_VARIANCE = (
-    1e-6  # open-unlearning's floor on the vocabulary variance (mia/min_k_plus_plus.py)
-)
+# open-unlearning's floor on the vocabulary variance (mia/min_k_plus_plus.py).
+MIN_K_PLUS_PLUS_MIN_VARIANCE = 1e-6
 
 
 def min_k_plus_plus_score(

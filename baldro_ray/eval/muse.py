@@ -27,9 +27,8 @@ from baldro_ray.eval.inference import Evaluation, Generate, Inference, Result, S
 from baldro_ray.eval.privacy import extraction_entry, mia_entries, privleak_entry
 
 VERBMEM_NEW_TOKENS = 128
-TEXT_MAX_LENGTH = (
-    2048  # tokens of a raw text scored after its prefix (open-unlearning's MUSE_MIA.yaml, verbmem)
-)
+# Tokens of a raw text scored after its prefix (open-unlearning's MUSE_MIA.yaml, verbmem).
+TEXT_MAX_LENGTH = 2048
 KNOWMEM_NEW_TOKENS = 32
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
 MUSE_SUBSETS = (
