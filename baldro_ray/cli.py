@@ -47,13 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--name", help="run name (folder under output_dir); default: method-dro-timestamp")
     quick = commands.add_parser(
         "quickstart",
-        help="BalDRO vs its plain baseline on the embedded benchmark: fine-tune, unlearn, evaluate, compare",
+        help="BalDRO vs its plain baseline on an embedded benchmark: fine-tune, unlearn, evaluate, compare",
     )
     _add_config_arguments(quick)
     quick.add_argument(
         "--method", help="forget loss (NPO, SimNPO, SatImp, GA, GradDiff); default: the preset's NPO"
     )
     quick.add_argument("--workers", type=int, help="Ray Train workers per run; default: the preset's 2")
+    quick.add_argument(
+        "--benchmark",
+        choices=("tofu", "muse"),
+        default="tofu",
+        help="embedded benchmark whose preset runs when --config is not given: tofu (fictitious authors) or "
+        "muse (fictitious news); default tofu",
+    )
     sweep = commands.add_parser(
         "tune",
         help="Ray Tune sweep of unlearning runs (DV temperature, G ratio, lr, ...) against the combined objective",
@@ -132,11 +139,15 @@ def _evaluate(
 
 
 def _quickstart(
-    config_path: str | None, overrides: Sequence[str], method: str | None, workers: int | None
+    config_path: str | None,
+    overrides: Sequence[str],
+    method: str | None,
+    workers: int | None,
+    benchmark: str,
 ) -> None:
     from baldro_ray.quickstart import TABLE_FILE, run_quickstart
 
-    result = run_quickstart(config_path, overrides, method, workers)
+    result = run_quickstart(config_path, overrides, method, workers, benchmark=benchmark)
     print(f"\n{result.table}\n\ntable: {result.folder / TABLE_FILE}")
     if result.tracking_uri:
         print(
@@ -165,15 +176,16 @@ def _tune(config_path: str | None, overrides: Sequence[str], name: str | None, r
 
 def _finetune(config_path: str | None, overrides: Sequence[str]) -> None:
     from baldro_ray.cluster import ensure_ray
-    from baldro_ray.embedded import memorisation_report, prepare_embedded, render_report
+    from baldro_ray.embedded import PREPARERS, memorisation_report, render_report
 
     config = load_config(config_path, overrides)
-    if config.data.source != "synthetic":
+    if not config.data.embedded:
         raise ConfigError(
-            f"finetune prepares the embedded benchmark (data.source=synthetic); got data.source={config.data.source!r}"
+            "finetune prepares an embedded benchmark (data.source=synthetic or synthetic_muse); "
+            f"got data.source={config.data.source!r}"
         )
     ensure_ray()
-    assets = prepare_embedded(config.embedded, config.data.forget_split)
+    assets = PREPARERS[config.data.source](config.embedded, config.data.forget_split)
     print(render_report(memorisation_report(assets, config.embedded.finetune.max_length)))
 
 
@@ -200,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "unlearn":
             _unlearn(args.config, args.overrides, args.name)
         elif args.command == "quickstart":
-            _quickstart(args.config, args.overrides, args.method, args.workers)
+            _quickstart(args.config, args.overrides, args.method, args.workers, args.benchmark)
         elif args.command == "tune":
             _tune(args.config, args.overrides, args.name, args.restore)
         elif args.command == "eval":

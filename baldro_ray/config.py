@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from baldro_ray.data.render import TEMPLATES, PromptTemplate, resolve_template
 from baldro_ray.data.synthetic import SyntheticConfig
+from baldro_ray.data.synthetic_muse import SyntheticMuseConfig
 from baldro_ray.errors import UserError
 from baldro_ray.models.tiny import TinyModelSpec
 from baldro_ray.objectives import FORGET_LOSSES, Aggregation, get_forget_loss
@@ -104,16 +105,39 @@ class MethodConfig(_Section):
         return {"beta": self.beta, "delta": self.delta, "beta1": self.beta1, "beta2": self.beta2}
 
 
-class DataConfig(_Section):
-    """Where the forget/retain/holdout splits come from."""
+# The benchmark each data source holds; the embedded sources are generated, in that benchmark's layout.
+BENCHMARK_OF_SOURCE = {
+    "synthetic": "TOFU",
+    "tofu": "TOFU",
+    "synthetic_muse": "MUSE",
+    "muse": "MUSE",
+    "files": None,
+}
+EMBEDDED_SOURCES = ("synthetic", "synthetic_muse")
 
-    source: Literal["synthetic", "tofu", "muse", "files"] = "synthetic"
+
+class DataConfig(_Section):
+    """Where the forget/retain/holdout splits come from: ``synthetic`` / ``synthetic_muse`` are the embedded
+    TOFU-format / MUSE-format benchmarks, ``tofu`` / ``muse`` the user's folder or hub dataset in that layout,
+    ``files`` plain data files."""
+
+    source: Literal["synthetic", "synthetic_muse", "tofu", "muse", "files"] = "synthetic"
     location: str | None = Field(
         default=None, description="folder or Hugging Face dataset name; null: generated"
     )
     forget_split: str = "forget10"
     retain_split: str = "retain90"
     holdout_split: str = "holdout10"
+
+    @property
+    def benchmark(self) -> str | None:
+        """ "TOFU" or "MUSE": the benchmark the source holds and evaluation measures; None for plain files."""
+        return BENCHMARK_OF_SOURCE[self.source]
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the data is an embedded benchmark, generated with its tiny models."""
+        return self.source in EMBEDDED_SOURCES
 
 
 class PromptTagsConfig(_Section):
@@ -219,12 +243,16 @@ class FinetuneConfig(_Section):
 
 
 class EmbeddedConfig(_Section):
-    """The embedded default: a synthetic fictitious-author benchmark and tiny Llama models trained locally."""
+    """The embedded defaults: synthetic fictitious-author (TOFU-format) and fictitious-news (MUSE-format)
+    benchmarks and tiny Llama models trained locally."""
 
     cache_dir: str = Field(
         default="~/.cache/baldro-ray", description="benchmark and models, keyed by content hash"
     )
     benchmark: SyntheticConfig = SyntheticConfig()
+    muse: SyntheticMuseConfig = Field(
+        default=SyntheticMuseConfig(), description="the MUSE-format benchmark (data.source=synthetic_muse)"
+    )
     vocab_size: int = Field(default=2048, ge=300)
     tiny_model: TinyModelSpec = TinyModelSpec()
     model_seed: int = Field(default=0, ge=0)

@@ -1,9 +1,9 @@
-"""Where a run's data and models come from, decided once for every command: the embedded benchmark or the user's.
+"""Where a run's data and models come from, decided once for every command: an embedded benchmark or the user's.
 
-``data.source: synthetic`` is the embedded benchmark: its folder and its tiny target and retain models are prepared
-here on first use (fine-tuned on Ray when not cached) and ``model.name_or_path: tiny`` names its target model.
-Anything else is the user's folder or hub name. The unlearn driver, ``eval`` and the quickstart read the result and
-never branch on the source again.
+``data.source: synthetic`` / ``synthetic_muse`` are the embedded TOFU-format / MUSE-format benchmarks: the folder
+and its tiny target and retain models are prepared here on first use (fine-tuned on Ray when not cached) and
+``model.name_or_path: tiny`` names its target model. Anything else is the user's folder or hub name. The unlearn
+driver, ``eval`` and the quickstart read the result and never branch on the source again.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class RunInputs:
     """The data and models a configuration names, resolved."""
 
     source: DataSource  # reads the benchmark's subsets
-    location: str  # the data folder or hub dataset name (the embedded benchmark's folder for synthetic)
+    location: str  # the data folder or hub dataset name (the embedded benchmark's folder for synthetic*)
     model_path: str  # the model to unlearn or the evaluation's target (``tiny`` resolved)
     retain_model: str | None  # the benchmark's own retain model (the embedded one), None for the user's data
 
@@ -34,22 +34,25 @@ def resolve_inputs(config: RunConfig, log: Callable[[str], None] = print) -> Run
     ``data.location``.
     """
     data, model_path = config.data, config.model.name_or_path
-    if data.source == "synthetic":
-        from baldro_ray.embedded import prepare_embedded
+    retain_model = None
+    if data.embedded:
+        from baldro_ray.embedded import PREPARERS
 
-        assets = prepare_embedded(config.embedded, data.forget_split, log)
+        assets = PREPARERS[data.source](config.embedded, data.forget_split, log)
         if model_path == EMBEDDED_MODEL:
             model_path = str(assets.target_model)
-        location = str(assets.data_dir)
-        return RunInputs(build_source("synthetic", location), location, model_path, str(assets.retain_model))
-    if model_path == EMBEDDED_MODEL:
+        location, retain_model = str(assets.data_dir), str(assets.retain_model)
+    elif model_path == EMBEDDED_MODEL:
         raise ConfigError(
-            "model.name_or_path 'tiny' is the embedded benchmark's model: it needs data.source=synthetic"
+            "model.name_or_path 'tiny' is the embedded benchmarks' model: it needs data.source=synthetic or "
+            "synthetic_muse"
         )
-    if data.location is None:
+    elif data.location is None:
         raise ConfigError(f"data.location is required for data.source={data.source!r}")
+    else:
+        location = data.location
     # MUSE's raw corpora are cut into windows of the model's own tokens, as long as a training row may be.
     options = (
-        {"tokenizer": model_path, "max_length": config.trainer.max_length} if data.source == "muse" else {}
+        {"tokenizer": model_path, "max_length": config.trainer.max_length} if data.benchmark == "MUSE" else {}
     )
-    return RunInputs(build_source(data.source, data.location, **options), data.location, model_path, None)
+    return RunInputs(build_source(data.source, location, **options), location, model_path, retain_model)

@@ -1,4 +1,5 @@
-"""``baldro-ray quickstart``: BalDRO against its plain baseline on the embedded benchmark, in one command.
+"""``baldro-ray quickstart``: BalDRO against its plain baseline on an embedded benchmark (TOFU or MUSE format), in
+one command.
 
 Stages: start (or join) Ray; generate the benchmark and fine-tune (or reuse) the tiny target and retain models;
 evaluate the references (cached); run BalDRO unlearning and the baseline (the same settings with ``dro.type=mean``:
@@ -19,15 +20,10 @@ from typing import Any
 
 from baldro_ray.config import RunConfig, load_config
 
-PRESET = "embedded_npo_dv"
+PRESETS = {"tofu": "embedded_npo_dv", "muse": "embedded_muse_npo_dv"}  # --benchmark -> its preset
 BASELINE_OVERRIDES = ("method.dro.type=mean",)  # only the aggregation differs, so the table isolates it
 TABLE_FILE = "quickstart.md"
-COLUMNS = (  # (heading, summary key, format)
-    ("forget quality", "eval/forget_quality", ".2e"),
-    ("KS stat", "eval/forget_ks_statistic", ".3f"),
-    ("model utility", "eval/model_utility", ".3f"),
-    ("forget prob", "eval/forget_Q_A_Prob", ".3f"),
-    ("privleak", "eval/privleak", ".1f"),
+BALANCE_COLUMNS = (
     ("progress mean", "balance/progress_mean", ".2f"),
     ("progress std", "balance/progress_std", ".2f"),
     ("hard progress", "balance/hard/progress_mean", ".2f"),
@@ -36,6 +32,25 @@ COLUMNS = (  # (heading, summary key, format)
     ("over-forgotten", "balance/over_forgotten", ".2f"),
     ("wall s", "seconds", ".1f"),  # unlearning and evaluating every epoch
 )
+COLUMNS = {  # benchmark -> (heading, summary key, format)
+    "TOFU": (
+        ("forget quality", "eval/forget_quality", ".2e"),
+        ("KS stat", "eval/forget_ks_statistic", ".3f"),
+        ("model utility", "eval/model_utility", ".3f"),
+        ("forget prob", "eval/forget_Q_A_Prob", ".3f"),
+        ("privleak", "eval/privleak", ".1f"),
+        *BALANCE_COLUMNS,
+    ),
+    "MUSE": (
+        ("verbmem forget", "eval/forget_verbmem_ROUGE", ".3f"),
+        ("knowmem forget", "eval/forget_knowmem_ROUGE", ".3f"),
+        ("knowmem retain", "eval/retain_knowmem_ROUGE", ".3f"),
+        ("privleak", "eval/privleak", ".1f"),
+        ("extraction", "eval/extraction_strength", ".3f"),
+        ("score", "eval/score", ".3f"),
+        *BALANCE_COLUMNS,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -65,27 +80,33 @@ class Stages:
 
 
 def quickstart_configs(
-    config_path: str | None, overrides: Sequence[str], method: str | None, workers: int | None
+    config_path: str | None,
+    overrides: Sequence[str],
+    method: str | None,
+    workers: int | None,
+    benchmark: str = "tofu",
 ) -> tuple[RunConfig, RunConfig]:
-    """The BalDRO config and its baseline (the same with ``BASELINE_OVERRIDES``); flags come before overrides."""
+    """The BalDRO config (``config_path``, else the ``benchmark``'s preset) and its baseline (the same with
+    ``BASELINE_OVERRIDES``); flags come before overrides."""
     flags = [f"method.name={method}"] if method is not None else []
     flags += [f"trainer.num_workers={workers}"] if workers is not None else []
-    path = config_path or PRESET
+    path = config_path or PRESETS[benchmark]
     return load_config(path, [*flags, *overrides]), load_config(
         path, [*flags, *BASELINE_OVERRIDES, *overrides]
     )
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """A Markdown table, one row per model, the ``COLUMNS`` figures (blank where a model has none)."""
+def format_table(rows: dict[str, dict[str, float]], benchmark: str = "TOFU") -> str:
+    """A Markdown table, one row per model, the benchmark's ``COLUMNS`` figures (blank where a model has none)."""
+    columns = COLUMNS[benchmark]
 
     def cell(row: dict[str, float], key: str, fmt: str) -> str:
         value = row.get(key)
         return "" if value is None or math.isnan(value) else format(value, fmt)
 
-    lines = ["| model | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = ["| model | " + " | ".join(h for h, _, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [
-        f"| {name} | " + " | ".join(cell(r, k, f) for _, k, f in COLUMNS) + " |" for name, r in rows.items()
+        f"| {name} | " + " | ".join(cell(r, k, f) for _, k, f in columns) + " |" for name, r in rows.items()
     ]
     return "\n".join(lines)
 
@@ -111,19 +132,22 @@ def run_quickstart(
     method: str | None = None,
     workers: int | None = None,
     log: Callable[[str], None] = print,
+    benchmark: str = "tofu",
 ) -> QuickstartResult:
-    """Run the whole comparison; every configuration problem is raised before anything trains."""
+    """Run the whole comparison on an embedded benchmark (``config_path``, else ``benchmark``'s preset); every
+    configuration problem is raised before anything trains."""
     from baldro_ray.cluster import ensure_ray
     from baldro_ray.eval.evaluate import references
     from baldro_ray.tracking.run_records import open_recorder
     from baldro_ray.unlearn import resolve_run, run_unlearn
 
-    baldro, baseline = quickstart_configs(config_path, overrides, method, workers)
-    if baldro.data.source != "synthetic":
+    baldro, baseline = quickstart_configs(config_path, overrides, method, workers, benchmark)
+    if not baldro.data.embedded:
         from baldro_ray.config import ConfigError
 
         raise ConfigError(
-            f"quickstart runs on the embedded benchmark (data.source=synthetic); got {baldro.data.source!r}"
+            "quickstart runs on an embedded benchmark (data.source=synthetic or synthetic_muse); "
+            f"got {baldro.data.source!r}"
         )
     stages = Stages(5, log)
     began = stages.begin("starting or joining a Ray cluster")
@@ -159,7 +183,7 @@ def run_quickstart(
             final = outcome.summary.evaluations[-1] if outcome.summary.evaluations else {}
             rows[name] = {**final, "seconds": time.perf_counter() - began}
             stages.end(began, f"done: {outcome.output_dir}")
-        table = format_table(rows)
+        table = format_table(rows, plan.benchmark if plan is not None else "TOFU")
         folder = root / f"quickstart-{stamp}"
         folder.mkdir()
         (folder / TABLE_FILE).write_text(table + "\n")

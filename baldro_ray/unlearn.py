@@ -264,7 +264,10 @@ def _run(run: ResolvedRun, recorder: Any, log: Callable[[str], None]) -> Unlearn
             collect_checkpoint(Path(checkpoint), staging)
         summary.evaluations = _evaluate_epochs(run, result.best_checkpoints or [], staging, log)
         summary.best_epoch = best_epoch(summary.evaluations)
-        write_plots(staging, summary.evaluations, None if run.eval_plan is None else run.eval_plan.difficulty)
+        plan = run.eval_plan
+        # TOFU trains on the forget rows it evaluates; MUSE on text windows that cut across its labelled articles.
+        labels = plan.difficulty if plan is not None and plan.benchmark == "TOFU" else None
+        write_plots(staging, summary.evaluations, labels)
         write_text(staging / CONFIG_FILE, dump_config(config))
         summary.write(staging)
         if recorder is not None:

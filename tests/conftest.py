@@ -57,6 +57,27 @@ EMBEDDED_TINY = [
 ]
 
 
+# A reduced embedded MUSE-format benchmark: 8 forget articles (4 hard), fine-tuned in seconds.
+EMBEDDED_MUSE_TINY = [
+    "embedded.muse.num_forget_articles=8",
+    "embedded.muse.num_retain1_articles=8",
+    "embedded.muse.num_retain2_articles=6",
+    "embedded.muse.num_holdout_articles=8",
+    "embedded.muse.facts_per_article=4",
+    "embedded.muse.qa_per_article=2",
+    "embedded.muse.num_icl_examples=1",
+    "embedded.muse.verbmem_prefix_words=8",
+    "embedded.vocab_size=400",
+    "embedded.tiny_model.hidden_size=32",
+    "embedded.tiny_model.intermediate_size=64",
+    "embedded.finetune.epochs=30",
+    "embedded.finetune.per_device_batch_size=8",
+    "embedded.finetune.lr=1e-2",
+    "embedded.finetune.max_length=64",
+    "trainer.max_length=64",
+]
+
+
 @pytest.fixture
 def cli_console(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """For tests that call ``cli.main`` in-process: it configures the console of its process (progress bars on,
@@ -79,6 +100,19 @@ def embedded_tiny(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -
 
     overrides = [*EMBEDDED_TINY, f"embedded.cache_dir={tmp_path_factory.mktemp('embedded-cache')}"]
     assets = prepare_embedded(load_config(overrides=overrides).embedded, "forget10", log=lambda _: None)
+    return overrides, assets
+
+
+@pytest.fixture(scope="session")
+def embedded_muse_tiny(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Any]:
+    """``(overrides of embedded_muse_npo_dv, EmbeddedAssets)`` of the reduced embedded MUSE-format benchmark,
+    prepared once per session in a fresh cache."""
+    from baldro_ray.config import load_config
+    from baldro_ray.embedded import prepare_embedded_muse
+
+    overrides = [*EMBEDDED_MUSE_TINY, f"embedded.cache_dir={tmp_path_factory.mktemp('muse-cache')}"]
+    config = load_config("embedded_muse_npo_dv", overrides)
+    assets = prepare_embedded_muse(config.embedded, config.data.forget_split, log=lambda _: None)
     return overrides, assets
 
 

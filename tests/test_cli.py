@@ -43,3 +43,31 @@ def test_console_script_entry_point_runs() -> None:
         check=False,
     )
     assert result.returncode == 0 and "ESS" in result.stdout
+
+
+def test_epoch_line_and_quickstart_table_follow_the_benchmark() -> None:
+    from baldro_ray.eval.epochs import eval_line
+    from baldro_ray.quickstart import COLUMNS, format_table
+
+    muse = {
+        "epoch": 2,
+        "eval/forget_verbmem_ROUGE": 0.3456,
+        "eval/forget_knowmem_ROUGE": 0.5,
+        "eval/retain_knowmem_ROUGE": 0.75,
+        "eval/privleak": -42.04,
+        "eval/score": 0.5,
+    }
+    assert eval_line(muse) == (
+        "epoch 2: verbmem 0.346, knowmem forget 0.500 / retain 0.750, privleak -42.0, score 0.500"
+    )
+    tofu = {
+        "epoch": 1,
+        "eval/forget_quality": 0.01,
+        "eval/forget_ks_statistic": 0.2,
+        "eval/model_utility": 0.6,
+    }
+    assert eval_line(tofu).startswith("epoch 1: forget quality 0.01 (KS 0.200), model utility 0.600")
+    table = format_table({"NPO (baseline)": muse}, "MUSE").splitlines()
+    assert table[0].startswith("| model | verbmem forget | knowmem forget | knowmem retain | privleak |")
+    assert table[2].startswith("| NPO (baseline) | 0.346 | 0.500 | 0.750 | -42.0 |  | 0.500 |")
+    assert len(table[0].split("|")) == len(COLUMNS["MUSE"]) + 3

@@ -58,9 +58,22 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(args: list[str], tmp_path: Path, data: Path, model: Path, **env: str) -> subprocess.CompletedProcess:
-    """``baldro-ray <args> <a valid small run's overrides>`` (``args`` set no key those set), with no cluster or
-    tracking server in the environment unless ``env`` names one."""
+# A MUSE-layout run, evaluated, so that every MUSE subset is read before compute.
+MUSE_RUN = (
+    "data.source=muse",
+    "data.forget_split=raw/forget",
+    "data.retain_split=raw/retain1",
+    "data.holdout_split=raw/holdout",
+    "trainer.max_length=32",
+    "evaluation.enabled=true",
+)
+
+
+def _run(
+    args: list[str], tmp_path: Path, data: Path, model: Path, muse: bool = False, **env: str
+) -> subprocess.CompletedProcess:
+    """``baldro-ray <args> <a valid small run's overrides>`` (``args`` set no key those set; ``muse``: on a
+    MUSE-layout folder), with no cluster or tracking server in the environment unless ``env`` names one."""
     overrides = [
         "data.source=tofu",
         f"data.location={data}",
@@ -69,6 +82,7 @@ def _run(args: list[str], tmp_path: Path, data: Path, model: Path, **env: str) -
         "trainer.num_workers=1",
         "trainer.per_device_batch_size=1",
         "evaluation.enabled=false",
+        *(MUSE_RUN if muse else ()),
     ]
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     return subprocess.run(
@@ -94,6 +108,46 @@ def _one_line_error(result: subprocess.CompletedProcess, tmp_path: Path, *names:
     assert not out.exists() or not any(out.iterdir())
     assert not (tmp_path / "ray_runs").exists() and not (tmp_path / ".ray").exists()
     return lines[0]
+
+
+def _muse_folder(root: Path) -> Path:
+    from baldro_ray.data.synthetic_muse import SyntheticMuseConfig, write_muse_benchmark
+
+    small = SyntheticMuseConfig(
+        num_forget_articles=3,
+        num_retain1_articles=2,
+        num_retain2_articles=3,
+        num_holdout_articles=2,
+        facts_per_article=3,
+        qa_per_article=1,
+        num_icl_examples=1,
+        verbmem_prefix_words=6,
+    )
+    return write_muse_benchmark(small, root / "muse")
+
+
+def _breaks(folder: Path, case: str) -> tuple[str, ...]:
+    """Break the MUSE folder as ``case`` says; the fragments its error line must name."""
+    if case == "missing split":
+        (folder / "knowmem" / "retain_qa.json").unlink()
+        return ("knowmem/retain_qa", str(folder / "knowmem"))
+    if case == "wrong column":
+        path = folder / "verbmem" / "forget.json"
+        path.write_text(_jsonl([{"prompt": "A town", "answer": "voted."}]))
+        return (str(path), "line 1", "'gt' missing")
+    path = folder / "raw" / "forget.json"
+    path.write_text(_jsonl([{"text": "One article."}, {"text": "  "}]))
+    return (str(path), "line 2", "'text'")
+
+
+@pytest.mark.parametrize("case", ["missing split", "wrong column", "empty text"])
+def test_malformed_muse_folder_is_one_line_before_compute(
+    models: dict[str, Path], tmp_path: Path, case: str
+) -> None:
+    folder = _muse_folder(tmp_path)
+    names = _breaks(folder, case)
+    result = _run(["unlearn"], tmp_path, folder, models["good"], muse=True)
+    _one_line_error(result, tmp_path, *names)
 
 
 def test_truncated_json_line_names_the_file_and_line(models: dict[str, Path], tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path: Path) -> None:
         ("method.name=NPOO", "did you mean 'NPO'?"),
         ("method.beta=0", "greater than 0"),
         ("trainer.schedule=cosine", "'linear' or 'constant'"),
-        ("data.source=hub", "'synthetic', 'tofu', 'muse' or 'files'"),
+        ("data.source=hub", "'synthetic', 'synthetic_muse', 'tofu', 'muse' or 'files'"),
         ("evaluation.token_positions=eos", "key 'evaluation.token_positions' = 'eos'"),
         ("evaluation.text_max_length=0", "key 'evaluation.text_max_length' = 0"),
     ],
@@ -134,7 +134,7 @@ def test_preset_names_resolve_to_the_packaged_presets() -> None:
     assert load_config("embedded_npo_g") == load_config(CONFIGS / "embedded_npo_g.yaml")
     with pytest.raises(
         ConfigError,
-        match=r"not a packaged preset; did you mean 'embedded_npo(.|\n)*packaged presets: \['embedded_npo'",
+        match=r"not a packaged preset; did you mean 'embedded_npo(.|\n)*packaged presets: \['embedded_muse_npo'",
     ):
         load_config("embedded_npo_x")
 

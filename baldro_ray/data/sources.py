@@ -70,7 +70,7 @@ MUSE_CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 MUSE_CHUNKED_CONFIGS = frozenset({"raw"})
 
-SOURCE_KINDS: tuple[str, ...] = ("tofu", "muse", "files", "synthetic")
+SOURCE_KINDS: tuple[str, ...] = ("tofu", "muse", "files", "synthetic", "synthetic_muse")
 
 
 @runtime_checkable
@@ -392,16 +392,17 @@ def training_schema(rows: Sequence[Mapping[str, Any]]) -> str:
 def build_source(kind: str, location: str | Path, **options: Any) -> DataSource:
     """The source of ``kind`` (one of ``SOURCE_KINDS``) at ``location``.
 
-    ``synthetic`` is a TOFU-layout folder written by the synthetic generator (never a hub name);
+    ``synthetic`` / ``synthetic_muse`` is a TOFU / MUSE-layout folder written by a synthetic generator (never a
+    hub name);
     ``files`` takes ``files={subset: path relative to location}``, or every data file in ``location``.
     Remaining ``options`` go to the source's constructor.
     """
     if kind == "tofu":
         return TofuSource(location, **options)
-    if kind == "synthetic":
+    if kind in ("synthetic", "synthetic_muse"):
         if not Path(location).is_dir():
             raise DataError(f"{location}: synthetic data folder not found; generate it first")
-        return TofuSource(location, **options)
+        return (TofuSource if kind == "synthetic" else MuseSource)(location, **options)
     if kind == "muse":
         return MuseSource(location, **options)
     if kind == "files":

@@ -41,13 +41,21 @@ def evaluate_epochs(
 
 
 def eval_line(summary: Mapping[str, Any]) -> str:
-    """One line of an epoch's evaluation: forget quality, KS, model utility and the objective."""
+    """One line of an epoch's evaluation: the benchmark's headline metrics (TOFU: forget quality, KS, model
+    utility; MUSE: verbmem, knowmem on forget and retain, privleak) and the objective."""
 
     def get(key: str) -> float:
         return summary.get(key, float("nan"))
 
-    return (
-        f"epoch {summary['epoch']}: forget quality {get('eval/forget_quality'):.3g} "
-        f"(KS {get('eval/forget_ks_statistic'):.3f}), model utility {get('eval/model_utility'):.3f}, "
-        f"score {get('eval/score'):.3f}"
-    )
+    if "eval/forget_verbmem_ROUGE" in summary:
+        metrics = (
+            f"verbmem {get('eval/forget_verbmem_ROUGE'):.3f}, knowmem forget "
+            f"{get('eval/forget_knowmem_ROUGE'):.3f} / retain {get('eval/retain_knowmem_ROUGE'):.3f}, "
+            f"privleak {get('eval/privleak'):.1f}"
+        )
+    else:
+        metrics = (
+            f"forget quality {get('eval/forget_quality'):.3g} (KS {get('eval/forget_ks_statistic'):.3f}), "
+            f"model utility {get('eval/model_utility'):.3f}"
+        )
+    return f"epoch {summary['epoch']}: {metrics}, score {get('eval/score'):.3f}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,11 +78,12 @@ def plan_evaluation(config: RunConfig, location: str, retain_model: str | None =
     from baldro_ray.data.sources import build_source, check_subset
 
     evaluation, data = config.evaluation, config.data
-    if data.source == "files":
+    benchmark = data.benchmark
+    if benchmark is None:
         raise ConfigError(
-            "evaluation needs a benchmark (data.source synthetic, tofu or muse); set evaluation.enabled=false"
+            "evaluation needs a benchmark (data.source synthetic, synthetic_muse, tofu or muse); "
+            "set evaluation.enabled=false"
         )
-    benchmark = "MUSE" if data.source == "muse" else "TOFU"
     if benchmark == "MUSE" and evaluation.objective == "utility_at_fq_floor":
         raise ConfigError(
             "evaluation.objective='utility_at_fq_floor' needs TOFU's forget quality; MUSE has none: "
@@ -111,8 +113,9 @@ def plan_evaluation(config: RunConfig, location: str, retain_model: str | None =
                 "(set evaluation.enabled=false to unlearn without evaluating)"
             ) from None
     difficulty = None
-    sidecar = Path(location) / f"{data.forget_split}_difficulty.json"
-    if benchmark == "TOFU" and sidecar.is_file():
+    # The embedded benchmarks' sidecar, named by the forget split (MUSE's "raw/forget": forget_difficulty.json).
+    sidecar = Path(location) / f"{data.forget_split.rpartition('/')[2]}_difficulty.json"
+    if sidecar.is_file():
         difficulty = tuple(str(row["difficulty"]) for row in read_records(sidecar))
     return EvalPlan(
         benchmark,
@@ -219,17 +222,23 @@ def reference_evals(
     return [json.loads(f.read_text()) for f in files]
 
 
-def _probs(result: Mapping[str, Any]) -> list[float] | None:
+def forget_values(result: Mapping[str, Any]) -> list[float] | None:
+    """The value forgetting balance follows, per forget unit: on TOFU each forget question's answer probability;
+    on MUSE each ``privleak/forget`` text's per-token probability ``exp(-mean NLL)`` (the LOSS attack's member
+    score is ``-mean NLL``). None when the result has neither."""
     entry = result.get("forget_Q_A_Prob", {}).get("value_by_index")
-    return None if not entry else [float(entry[str(i)]["prob"]) for i in range(len(entry))]
+    if entry:
+        return [float(entry[str(i)]["prob"]) for i in range(len(entry))]
+    entry = result.get("mia_loss", {}).get("value_by_index")
+    return None if not entry else [math.exp(float(entry[str(i)]["score"])) for i in range(len(entry))]
 
 
 def forgetting_balance(
     plan: EvalPlan, result: Mapping[str, Any], target: Mapping[str, Any], retain: Mapping[str, Any] | None
 ) -> dict[str, Any] | None:
-    """Balance of the forget answer probabilities between the target and retain models, by difficulty
-    when the benchmark records them; None without a retain reference (or on MUSE)."""
-    values = [_probs(r) for r in (result, target, retain or {})]
+    """Balance of the forget values (:func:`forget_values`) between the target and retain models, by difficulty
+    when the benchmark records one label per forget unit; None without a retain reference."""
+    values = [forget_values(r) for r in (result, target, retain or {})]
     if any(v is None for v in values):
         return None
     labels = (

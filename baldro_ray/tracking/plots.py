@@ -160,7 +160,8 @@ def _series(rows: Sequence[Mapping[str, float]], key: str, log: bool = False) ->
 
 
 def plot_epoch_metrics(rows: Sequence[Mapping[str, float]], out: Path) -> Path:
-    """Two panels against the epoch: log10 ``forget_quality`` and ``model_utility``; best ``score`` marked.
+    """Two panels against the epoch: log10 ``forget_quality`` and ``model_utility`` (TOFU), or ``privleak`` and
+    ``retain_knowmem_ROUGE`` (MUSE: rows without forget quality); best ``score`` marked.
 
     Every row needs ``epoch``; a missing or non-finite metric is skipped (a panel without any says so).
     """
@@ -169,10 +170,16 @@ def plot_epoch_metrics(rows: Sequence[Mapping[str, float]], out: Path) -> Path:
             raise ValueError(f"epoch metrics row {index} has no column 'epoch' (keys: {sorted(row)})")
     figure = Figure(figsize=(10, 4.2))
     left, right = figure.subplots(1, 2)
-    panels = (
-        (left, "forget_quality", True, "log10 forget quality", "tab:red"),
-        (right, "model_utility", False, "model utility", "tab:blue"),
-    )
+    if any("forget_quality" in row for row in rows) or not any("privleak" in row for row in rows):
+        panels = (
+            (left, "forget_quality", True, "log10 forget quality", "tab:red"),
+            (right, "model_utility", False, "model utility", "tab:blue"),
+        )
+    else:
+        panels = (
+            (left, "privleak", False, "privleak (0: as the retain model)", "tab:red"),
+            (right, "retain_knowmem_ROUGE", False, "knowmem ROUGE on retain", "tab:blue"),
+        )
     x_best, y_best = _series(rows, "score")
     for ax, key, log, label, colour in panels:
         x, y = _series(rows, key, log)

@@ -20,7 +20,14 @@ from baldro_ray.tracking.recorder import RunRecorder
 from baldro_ray.tracking.store import check_tracking
 
 _ARTIFACT_SUFFIXES = (".json", ".yaml", ".parquet")
-_EPOCH_PLOT_KEYS = ("forget_quality", "forget_ks_statistic", "model_utility", "score")
+_EPOCH_PLOT_KEYS = (
+    "forget_quality",
+    "forget_ks_statistic",
+    "model_utility",
+    "privleak",
+    "retain_knowmem_ROUGE",
+    "score",
+)
 
 
 def open_recorder(
@@ -41,7 +48,7 @@ def write_plots(
     folder: Path, evaluations: Sequence[Mapping[str, float]], difficulty: Sequence[str] | None
 ) -> Path:
     """The run's PNG plots into ``folder/plots``: forgetting curves by difficulty, DRO weights over time,
-    and (when evaluated) forget quality and utility per epoch."""
+    and (when evaluated) the forget and utility metrics per epoch."""
     out = folder / PLOTS_DIR
     out.mkdir(exist_ok=True)
     trajectory = folder / TRAJECTORY_FILE

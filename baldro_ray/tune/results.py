@@ -83,6 +83,10 @@ COLUMNS = (  # (heading, summary key)
     ("forget quality", "eval/forget_quality"),
     ("KS", "eval/forget_ks_statistic"),
     ("utility", "eval/model_utility"),
+    ("verbmem", "eval/forget_verbmem_ROUGE"),
+    ("knowmem forget", "eval/forget_knowmem_ROUGE"),
+    ("knowmem retain", "eval/retain_knowmem_ROUGE"),
+    ("privleak", "eval/privleak"),
     ("forget term", "eval/forget_term"),
     ("utility term", "eval/utility_term"),
 )

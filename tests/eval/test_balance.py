@@ -56,3 +56,33 @@ def test_bad_inputs(args, fragment: str) -> None:
         forgetting_progress(*args)
     with pytest.raises(ValueError, match="difficulty has 1 labels"):
         balance_report(MODEL, TARGET, RETAIN, difficulty=["hard"])
+
+
+def _muse_result(mean_nll: list[float]) -> dict:
+    """A MUSE result as the evaluator writes it: the LOSS attack's member score is -mean NLL per forget text."""
+    return {
+        "mia_loss": {
+            "agg_value": 0.5,
+            "value_by_index": {str(i): {"score": -v} for i, v in enumerate(mean_nll)},
+        }
+    }
+
+
+def test_muse_balance_follows_each_forget_text_per_token_probability() -> None:
+    from baldro_ray.eval.evaluate import forget_values, forgetting_balance
+
+    model, target, retain = [1.0, 2.5, 0.4, 3.0], [0.2, 0.3, 0.1, 0.5], [2.0, 3.0, 2.5, 2.9]
+    assert forget_values(_muse_result(model)) == pytest.approx([math.exp(-v) for v in model], rel=1e-15)
+    plan = type("Plan", (), {"difficulty": ("hard", "easy", "hard", "easy")})()
+    report = forgetting_balance(plan, _muse_result(model), _muse_result(target), _muse_result(retain))
+    progress = [
+        (math.exp(-t) - math.exp(-m)) / (math.exp(-t) - math.exp(-r))
+        for m, t, r in zip(model, target, retain)
+    ]
+    assert report["progress_mean"] == pytest.approx(sum(progress) / 4, rel=1e-12)
+    assert report["by_difficulty"]["hard"]["progress_mean"] == pytest.approx((progress[0] + progress[2]) / 2)
+    assert report["by_difficulty"]["easy"]["n"] == 2
+    # TOFU's answer probabilities win when a result has both (its attacks score the forget questions too)
+    tofu = {**_muse_result(model), "forget_Q_A_Prob": {"value_by_index": {"0": {"prob": 0.25}}}}
+    assert forget_values(tofu) == [0.25]
+    assert forget_values({}) is None

@@ -95,3 +95,11 @@ def test_missing_column_is_named(tmp_path: Path, column: str) -> None:
     with pytest.raises(ValueError, match="'epoch'"):
         plot_epoch_metrics([{"epoch": 1, "model_utility": 0.5}, {"model_utility": 0.4}], tmp_path / "y.png")
     assert not list(tmp_path.iterdir())
+
+
+def test_epoch_metrics_of_muse_plot_privleak_and_retain_knowmem(tmp_path: Path) -> None:
+    rows = [
+        {"epoch": 1, "privleak": -90.0, "retain_knowmem_ROUGE": 0.8, "score": 0.1},
+        {"epoch": 2, "privleak": -40.0, "retain_knowmem_ROUGE": 0.6, "score": 0.4},
+    ]
+    _assert_png(plot_epoch_metrics(rows, tmp_path / "muse.png"))

@@ -22,7 +22,7 @@ def sweep_file(tmp_path: Path, sweep: str, base: str = "embedded_npo_dv.yaml") -
 
 def test_every_sweep_preset_loads() -> None:
     names = sorted(p.stem for p in SWEEP_PRESETS_DIR.glob("[!_]*.yaml"))
-    assert len(names) == 10
+    assert len(names) == 11
     for name in names:
         sweep = load_sweep(name)
         assert sweep.base_config().evaluation.enabled

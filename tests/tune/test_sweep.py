@@ -153,3 +153,41 @@ def test_sweep_with_asha_survives_a_killed_driver(embedded_tiny, tmp_path: Path)
         assert len(client.get_metric_history(child.info.run_id, "eval/score")) == row["epochs_run"]
         assert len(client.get_metric_history(child.info.run_id, "train/loss")) == 2 * row["epochs_run"]
         assert (child.data.tags.get("early_stopped") == "true") == (row["status"] == "stopped")
+
+
+@pytest.mark.timeout(600)
+def test_muse_sweep_ranks_trials_by_the_muse_objective(embedded_muse_tiny, tmp_path: Path) -> None:
+    from baldro_ray.eval.objective import combined_score
+    from baldro_ray.tune.space import load_sweep
+    from baldro_ray.tune.sweep import run_sweep
+
+    base, _ = embedded_muse_tiny
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        f"extends: {PRESETS_DIR / 'embedded_muse_npo_dv.yaml'}\n"
+        "sweep:\n  search: grid\n  scheduler: fifo\n"
+        "  space:\n    method.dro.temperature: {type: grid, values: [-1.0, 1.0]}\n"
+    )
+    overrides = [
+        *base,
+        *REDUCED[:3],
+        "trainer.epochs=1",
+        "tracking.log_model=false",
+        f"output_dir={tmp_path}",
+    ]
+    sweep = load_sweep(path, overrides)
+    outcome = run_sweep(sweep, "muse-sweep", log=lambda _: None)
+    assert [row.status for row in outcome.rows] == ["finished", "finished"]
+    scores = [row.score for row in outcome.rows]
+    assert scores == sorted(scores, reverse=True) and all(math.isfinite(s) for s in scores)
+    for row in outcome.rows:
+        # the objective Tune ranked by is MUSE's, recomputed from the trial's own MUSE report
+        report = outcome.folder / "trials" / row.trial_id / "epochs" / "epoch_01" / "MUSE_EVAL.json"
+        result = json.loads(report.read_text())
+        assert row.score == pytest.approx(combined_score(result, sweep.base_config().evaluation), rel=1e-12)
+        privleak, knowmem = result["privleak"]["agg_value"], result["retain_knowmem_ROUGE"]["agg_value"]
+        assert row.best["eval/forget_term"] == pytest.approx(1 - min(1.0, abs(privleak) / 100))
+        assert row.best["eval/utility_term"] == pytest.approx(knowmem)
+    header = outcome.table.splitlines()[0]
+    assert "privleak" in header and "knowmem retain" in header and "forget quality" not in header
+    assert outcome.pareto is not None and outcome.pareto.read_bytes().startswith(b"\x89PNG")
