@@ -100,7 +100,6 @@ def _finetuned(
     config: EmbeddedConfig,
     base: Path,
     mixes: dict[str, tuple[str, Callable[[], Rows]]],
-    template: str,
     trained: list[str],
 ) -> dict[str, Path]:
     """Models fine-tuned from ``base``, one per role of ``mixes`` (role -> (label naming the mix, its rows)); the
@@ -123,7 +122,7 @@ def _finetuned(
         run_finetune(
             jobs,
             base,
-            TEMPLATES[template],
+            TEMPLATES[TEMPLATE_NAME],
             config.finetune,
             {r: paths[r] for r in missing},
             storage,
@@ -138,19 +137,19 @@ def _assets(
     benchmark: str,
     data_dir: Path,
     forget_split: str,
+    tokenizer_texts: Callable[[Path], list[str]],
     mixes: dict[str, tuple[str, Callable[[Path], Rows]]],
-    template: str,
     log: Callable[[str], None],
 ) -> EmbeddedAssets:
-    """The base model of the benchmark at ``data_dir`` and the models of ``mixes``: ``target`` and one retain role
-    (label naming the mix, its rows given the base model's folder), trained where not cached."""
+    """The base model of the benchmark at ``data_dir`` (its tokenizer trained on ``tokenizer_texts``) and the
+    models of ``mixes``: ``target`` and one retain role (label naming the mix, its rows given the base model's
+    folder), trained where not cached."""
     content = json.loads((data_dir / MANIFEST_NAME).read_text())["content_sha256"]
     trained: list[str] = []
-    texts = muse_tokenizer_texts if benchmark == "MUSE" else benchmark_texts
-    base = _base_model(config, lambda: texts(data_dir), content, trained)
+    base = _base_model(config, lambda: tokenizer_texts(data_dir), content, trained)
     log(f"benchmark {data_dir}; base model {base}")
     jobs = {role: (label, lambda rows=rows: rows(base)) for role, (label, rows) in mixes.items()}
-    models = _finetuned(config, base, jobs, template, trained)
+    models = _finetuned(config, base, jobs, trained)
     target = models.pop("target")
     (retain,) = models.values()
     log(
@@ -181,7 +180,7 @@ def prepare_embedded(
         "target": mix("finetune_mix"),
         f"retain-{forget_split}": mix(f"finetune_mix_{RETAIN_OF_FORGET[forget_split]}"),
     }
-    return _assets(config, "TOFU", data_dir, forget_split, mixes, TEMPLATE_NAME, log)
+    return _assets(config, "TOFU", data_dir, forget_split, benchmark_texts, mixes, log)
 
 
 def muse_finetune_rows(data_dir: Path, role: str, tokenizer: Any, max_length: int, seed: int) -> Rows:
@@ -231,7 +230,7 @@ def prepare_embedded_muse(
         return f"{articles}+knowmem:{'+'.join(parts)}/{TEMPLATE_NAME}", rows
 
     mixes = {"target": mix("target"), "retain": mix("retain")}
-    return _assets(config, "MUSE", data_dir, forget_split, mixes, TEMPLATE_NAME, log)
+    return _assets(config, "MUSE", data_dir, forget_split, muse_tokenizer_texts, mixes, log)
 
 
 PREPARERS: dict[str, Callable[..., EmbeddedAssets]] = {

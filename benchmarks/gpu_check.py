@@ -38,8 +38,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from baldro_ray.objectives import IGNORE_INDEX, Aggregation, dv_aggregate, npo_loss, sequence_nll
 from baldro_ray.train.backend import BackendSpec, TrainingBackend, build_backend
+from baldro_ray.train.exchange import SingleProcessExchange
 from baldro_ray.train.layout import StepLayout
-from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig, run_step
+from baldro_ray.train.step import MicroBatch, StepConfig, run_step
 from benchmarks.reference_style import reference_style_step
 
 BETA, TEMPERATURE = 0.1, -1.0

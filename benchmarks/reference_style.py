@@ -42,8 +42,9 @@ from baldro_ray.objectives import (
     sequence_nll,
     token_nll,
 )
+from baldro_ray.train.exchange import SingleProcessExchange
 from baldro_ray.train.layout import StepLayout
-from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig, run_step
+from baldro_ray.train.step import MicroBatch, StepConfig, run_step
 
 Batch = dict[str, Tensor]
 

@@ -61,12 +61,3 @@ def test_encoding_error_surfaces_before_training(ray_cluster, tmp_path: Path) ->
     assert (
         row["index"] == 0 and row["difficulty"] == "hard" and row["input_ids"][-1] == tokenizer.eos_token_id
     )
-    mixed = encoded_dataset(
-        [rows[0], {"text": "Mara Kell wrote."}], str(path), TEMPLATES["tiny"], 32, "mix.json"
-    ).take_all()
-    qa, text = sorted(mixed, key=lambda r: r["index"])
-    # each row is encoded as its kind: a QA row labels its answer and ends with eos, a text row every token but
-    # the first, without eos
-    assert qa["input_ids"][-1] == tokenizer.eos_token_id and qa["labels"][0] == -100
-    ids = tokenizer("Mara Kell wrote.")["input_ids"]
-    assert list(text["input_ids"]) == ids and list(text["labels"]) == [-100, *ids[1:]]

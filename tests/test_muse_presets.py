@@ -55,3 +55,28 @@ def test_every_muse_preset_resolves(preset: str, muse_run_inputs: tuple[Path, Pa
         assert max(lengths) <= WINDOW and len(rows) > 16  # many windows: more rows than one step takes
     assert run.eval_plan is not None and run.eval_plan.benchmark == "MUSE"
     assert not (tmp_path / "out").exists()  # resolving writes nothing
+
+
+def test_text_forget_with_qa_retain_resolves(muse_run_inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    """The mixed case is supported: text forget units against QA retain rows (each kind encoded as it is; the
+    step's maths is tested on it in tests/train/test_step.py)."""
+    _, model = muse_run_inputs
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "forget.json").write_text("".join(f'{{"text": "Article {i} about a town."}}\n' for i in range(8)))
+    (data / "retain.json").write_text(
+        "".join(f'{{"question": "Who is {i}?", "answer": "A person."}}\n' for i in range(8))
+    )
+    overrides = [
+        "data.source=files",
+        f"data.location={data}",
+        "data.forget_split=forget",
+        "data.retain_split=retain",
+        f"model.name_or_path={model}",
+        "trainer.per_device_batch_size=2",
+        "evaluation.enabled=false",
+        f"output_dir={tmp_path / 'out'}",
+    ]
+    run = resolve_run(load_config(overrides=overrides), name="mixed", log=lambda _: None)
+    assert all(set(row) == {"text"} for row in run.forget_rows)
+    assert all(set(row) == {"question", "answer"} for row in run.retain_rows)

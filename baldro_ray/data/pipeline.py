@@ -1,4 +1,4 @@
-"""Ray Data pipelines: QA rows and text chunks -> tokenised rows (``index``, ``input_ids``, ``labels``) in
+"""Ray Data pipelines: QA rows or text chunks -> tokenised rows (``index``, ``input_ids``, ``labels``) in
 ``map_batches`` tasks. A QA row is rendered with the prompt template and only its answer is labelled; a text chunk
 (MUSE's raw corpora) has every token labelled but the first, as the reference does.
 
@@ -39,9 +39,9 @@ def _encode_batch(
 ) -> dict[str, Any]:
     tokenizer = _tokenizer(tokenizer_path)
     prompt = PromptTemplate(**template)
+    text = "text" in batch
     input_ids, labels, errors = [], [], []
     for i, index in enumerate(batch["index"]):
-        text = "text" in batch and batch["text"][i] is not None
         try:
             if text:
                 encoded = encode_text(tokenizer, "", str(batch["text"][i]), max_length)
@@ -78,9 +78,8 @@ def encoded_dataset(
     source: str,
     extra_columns: Mapping[str, Sequence[Any]] | None = None,
 ) -> Any:
-    """A materialised Ray Dataset of tokenised rows — QA rows (``question``, ``answer``) and text chunks (``text``),
-    each row encoded as its kind (:func:`~baldro_ray.data.sources.training_schema`); ``index`` is each row's
-    position in ``rows``.
+    """A materialised Ray Dataset of tokenised rows — QA rows (``question``, ``answer``) or text chunks (``text``),
+    one kind per dataset; ``index`` is each row's position in ``rows``.
 
     ``extra_columns`` (e.g. ``ref_nll_sum``, ``difficulty``) are carried along row by row.
     """
@@ -92,16 +91,10 @@ def encoded_dataset(
             raise ValueError(
                 f"extra column {name!r} has {len(values)} values for {len(rows)} rows of {source}"
             )
-    kinds = [training_schema([row]) for row in rows]
-    fields = sorted({field for kind in set(kinds) for field in SCHEMAS[kind]})
-    # A column a row's kind lacks holds None, which is how the encoder tells the kinds apart.
+    fields = SCHEMAS[training_schema(rows)]
     items = [
-        {
-            "index": i,
-            **{f: row[f] if f in SCHEMAS[kind] else None for f in fields},
-            **{k: v[i] for k, v in extra.items()},
-        }
-        for i, (row, kind) in enumerate(zip(rows, kinds))
+        {"index": i, **{f: row[f] for f in fields}, **{k: v[i] for k, v in extra.items()}}
+        for i, row in enumerate(rows)
     ]
     # A few large blocks: each map task loads the tokenizer, and tiny blocks cost more in scheduling than work.
     blocks = max(1, min(8, len(items) // _ROWS_PER_BLOCK))

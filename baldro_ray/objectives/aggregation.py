@@ -67,6 +67,11 @@ class Aggregation:
         return cls(type)  # type: ignore[arg-type]  # __post_init__ rejects an unknown type
 
     @property
+    def uniform(self) -> bool:
+        """True when the weights do not depend on the unit values: the mean, and G over the units it kept."""
+        return self.temperature is None
+
+    @property
     def selects(self) -> bool:
         """True for BalDRO-G: the step keeps the hardest ``sampling_ratio`` of each DRO batch before the loss."""
         return self.sampling_ratio is not None

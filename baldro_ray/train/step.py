@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,39 +30,8 @@ from baldro_ray.objectives import (
     kl_per_position,
     token_nll,
 )
+from baldro_ray.train.exchange import Exchange
 from baldro_ray.train.layout import StepLayout
-
-
-class Exchange(Protocol):
-    """The all-gather a step needs (``torch.distributed`` across ranks, or a single process)."""
-
-    rank: int
-    world_size: int
-
-    def all_gather_object(self, obj: Any) -> list[Any]: ...
-
-
-class TorchDistributedExchange:
-    """All-gather of small Python objects over the default ``torch.distributed`` process group."""
-
-    def __init__(self) -> None:
-        self.rank = torch.distributed.get_rank()
-        self.world_size = torch.distributed.get_world_size()
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-
-class SingleProcessExchange:
-    """The exchange of a one-rank run."""
-
-    rank = 0
-    world_size = 1
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        return [obj]
 
 
 @dataclass(frozen=True)
@@ -200,6 +169,39 @@ class _Units:
         return {"forget": forget, "retain": retain}
 
 
+def _unit_counts(cfg: StepConfig, micro_batches: Sequence[MicroBatch]) -> dict[str, dict[int, int]]:
+    """Units per position, from the labels alone, as :class:`_Units` will make them: one per row for per-sample
+    losses and per-sequence retain reductions, one per labelled (shifted) token otherwise."""
+
+    def labelled(batch: dict[str, Tensor]) -> list[int]:
+        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()
+
+    per_token = get_forget_loss(cfg.forget_loss).granularity == "token"
+    per_row_retain = cfg.retain_loss_type == "NLL" and (
+        cfg.retain_reduction == "sequence_sum_mean" or cfg.retain_aggregation is not None
+    )
+    forget: dict[int, int] = {}
+    retain: dict[int, int] = {}
+    for micro in micro_batches:
+        if len(micro.forget_positions):
+            counts = labelled(micro.forget) if per_token else [1] * len(micro.forget_positions)
+            forget.update(zip(micro.forget_positions.tolist(), counts))
+        if cfg.retain_loss_type and micro.retain is not None and micro.retain_positions is not None:
+            counts = [1] * len(micro.retain_positions) if per_row_retain else labelled(micro.retain)
+            retain.update(zip(micro.retain_positions.tolist(), counts))
+    return {"forget": forget, "retain": retain}
+
+
+def _gather(exchange: Exchange, local: dict[str, dict[int, Any]]) -> tuple[dict[int, Any], dict[int, Any]]:
+    """Every rank's ``{"forget": {position: x}, "retain": {position: y}}``, merged."""
+    forget: dict[int, Any] = {}
+    retain: dict[int, Any] = {}
+    for part in exchange.all_gather_object(local):
+        forget.update(part["forget"])
+        retain.update(part["retain"])
+    return forget, retain
+
+
 def _pad_to_width(logits: Tensor, width: int) -> Tensor:
     return torch.nn.functional.pad(logits, (0, 0, 0, width - logits.shape[1]))
 
@@ -311,9 +313,11 @@ def run_step(
 ) -> StepResult:
     """Forward, exchange, weigh and back-propagate one optimizer step; the caller then steps the optimizer.
 
-    ``backward`` must accumulate the gradient of its argument averaged over ranks (DDP semantics). With one
-    micro-batch the graph of the value pass is reused; with several, the values come from a no-grad pass and each
-    micro-batch is forwarded again with gradients, so only one micro-batch's activations are alive at a time.
+    ``backward`` must accumulate the gradient of its argument averaged over ranks (DDP semantics). Each micro-batch
+    is forwarded with gradients once, so only one micro-batch's activations are alive at a time. Uniform weights
+    (the mean, and G over the rows it kept) follow from the unit counts, which the labels give before any forward;
+    DV's weights depend on every unit's value, so with several micro-batches they come from a no-grad pass first
+    (with one, the graph of that pass is reused).
     """
     gathered_positions = exchange.all_gather_object(
         [int(p) for m in micro_batches for p in m.forget_positions]
@@ -328,34 +332,53 @@ def run_step(
         work, scored = _select_group(model, micro_batches, cfg, layout, exchange, step_id)
         for position, (h, row) in scored.items():  # unselected samples keep their gradient-free average NLL
             samples[position].update(row=row, avg_nll=-h)
-    keep_graph = len(work) == 1
-    with torch.enable_grad() if keep_graph else torch.no_grad():
-        units = [_Units(cfg, micro, model, ref_model) for micro in work]
+    retain_aggregation = cfg.retain_aggregation or Aggregation.mean()
+    uniform = cfg.aggregation.uniform and retain_aggregation.uniform
+
+    def weigh(forget: dict[int, Tensor], retain: dict[int, Tensor]) -> tuple[dict[int, Tensor], ...]:
+        return (
+            _dro_batch_weights(forget, layout, cfg.scope, cfg.aggregation),
+            _dro_batch_weights(retain, layout, cfg.scope, retain_aggregation),
+        )
+
+    # Per-unit values (detached) of this rank, by position: the weights' input (DV) or the step's telemetry.
     local: dict[str, dict[int, Any]] = {"forget": {}, "retain": {}}
-    for unit, micro in zip(units, work):
+
+    def record(unit: _Units, micro: MicroBatch) -> None:
         payload = unit.payload(micro)
         local["forget"].update(payload["forget"])
         local["retain"].update(payload["retain"])
-    forget_data: dict[int, Any] = {}
-    retain_units: dict[int, Tensor] = {}
-    for part in exchange.all_gather_object(local):
-        forget_data.update(part["forget"])
-        retain_units.update(part["retain"])
-    forget_units = {p: v["units"] for p, v in forget_data.items()}
 
-    retain_aggregation = cfg.retain_aggregation or Aggregation.mean()
-    forget_w = _dro_batch_weights(forget_units, layout, cfg.scope, cfg.aggregation)
-    retain_w = _dro_batch_weights(retain_units, layout, cfg.scope, retain_aggregation)
+    keep_graph = len(work) == 1
+    units: list[_Units] = []
+    if uniform:  # placeholder units of the right counts: uniform weights do not read their values
+        forget_n, retain_n = _gather(exchange, _unit_counts(cfg, work))
+        forget_w, retain_w = weigh(
+            {p: torch.zeros(n, dtype=torch.float64) for p, n in forget_n.items()},
+            {p: torch.zeros(n, dtype=torch.float64) for p, n in retain_n.items()},
+        )
+    else:
+        with torch.enable_grad() if keep_graph else torch.no_grad():
+            units = [_Units(cfg, micro, model, ref_model) for micro in work]
+        for unit, micro in zip(units, work):
+            record(unit, micro)
+        forget_data, retain_units = _gather(exchange, local)
+        forget_w, retain_w = weigh({p: v["units"] for p, v in forget_data.items()}, retain_units)
 
     scale = exchange.world_size / n_dro_batches
     for index, micro in enumerate(work):
-        unit = units[index] if keep_graph else _Units(cfg, micro, model, ref_model)
+        unit = units[index] if units and keep_graph else _Units(cfg, micro, model, ref_model)
+        if uniform:
+            record(unit, micro)
         surrogate = _surrogate(unit, micro, forget_w, retain_w, cfg)
         if (
             surrogate is None
         ):  # no rows here (or none selected): a zero gradient keeps the all-reduces aligned
             surrogate = unit.dummy.sum() * 0.0
         backward(surrogate * scale)
+    if uniform:
+        forget_data, retain_units = _gather(exchange, local)
+    forget_units = {p: v["units"] for p, v in forget_data.items()}
 
     forget_values = _dro_batch_values(forget_units, layout, cfg.scope, cfg.aggregation)
     retain_values = _dro_batch_values(retain_units, layout, cfg.scope, retain_aggregation)

@@ -23,9 +23,10 @@ from baldro_ray.config import RunConfig
 from baldro_ray.data.render import pad_batch
 from baldro_ray.objectives import get_forget_loss
 from baldro_ray.run_folder import MODEL_DIR, STATE_DIR
+from baldro_ray.train.exchange import TorchDistributedExchange
 from baldro_ray.train.layout import StepLayout, epoch_orders, step_rows
 from baldro_ray.train.progress import StepEvent, send_step
-from baldro_ray.train.step import MicroBatch, StepConfig, TorchDistributedExchange, run_step
+from baldro_ray.train.step import MicroBatch, StepConfig, run_step
 from baldro_ray.train.telemetry import Telemetry
 
 

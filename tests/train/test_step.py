@@ -15,8 +15,9 @@ import torch
 from baldro_ray.data.render import TEMPLATES, encode_qa, encode_text, pad_batch
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokenizer
 from baldro_ray.objectives import Aggregation, sequence_nll, token_nll
+from baldro_ray.train.exchange import SingleProcessExchange
 from baldro_ray.train.layout import StepLayout
-from baldro_ray.train.step import MicroBatch, SingleProcessExchange, StepConfig, run_step
+from baldro_ray.train.step import MicroBatch, StepConfig, run_step
 
 QA = [
     (f"What did author {i} write?", f"Author {i} wrote book number {i * 7} in {1900 + i}.") for i in range(16)
@@ -24,17 +25,17 @@ QA = [
 HP = {"beta": 0.1, "delta": 0.5, "beta1": 2.0, "beta2": 1.0}
 
 
-@pytest.fixture(scope="module", params=["qa", "text"])
+@pytest.fixture(scope="module", params=["qa", "text", "text-forget-qa-retain"])
 def setup(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """QA rows (answer tokens labelled) or text chunks (every token but the first labelled, MUSE's raw units)."""
+    """QA rows (answer tokens labelled), text chunks (every token but the first labelled, MUSE's raw units), or
+    text forget units with QA retain rows (the mixed case, which the step supports as it is)."""
     torch.manual_seed(0)
     tokenizer = train_tokenizer([f"{q} {a}" for q, a in QA] * 3, vocab_size=300)
     spec = TinyModelSpec(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
     model = build_tiny_llama(spec, tokenizer).double()
-    if request.param == "qa":
-        encoded = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 64) for q, a in QA]
-    else:
-        encoded = [encode_text(tokenizer, "", f"{q} {a}", 64) for q, a in QA]
+    qa = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 64) for q, a in QA]
+    text = [encode_text(tokenizer, "", f"{q} {a}", 64) for q, a in QA]
+    encoded = {"qa": qa, "text": text, "text-forget-qa-retain": text[:8] + qa[8:]}[request.param]
 
     def batch(ids: list[int]) -> dict[str, torch.Tensor]:
         columns = {
@@ -278,3 +279,31 @@ def test_group_telemetry_covers_every_sample(setup) -> None:
     kept = [p for p, w in result.sample_weights.items() if w > 0]
     assert len(kept) == 2 and sum(result.sample_weights.values()) == pytest.approx(1.0)
     assert all(math.isnan(result.samples[p]["loss"]) for p in result.samples if p not in kept)
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "passes"),
+    # with 4 micro-batches: one gradient pass each for the mean; G adds its gradient-free scoring pass; DV a value
+    # pass, since its weights need every unit's value before the first backward
+    [("mean", 4), ("group", 8), ("dv", 8)],
+)
+def test_forward_passes_per_step(setup, aggregation: str, passes: int) -> None:
+    cfg = step_config(aggregation=aggregation)
+    model = setup["model"]
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    try:
+        run_step(
+            model,
+            lambda x: x.backward(),
+            micro_batches(setup, StepLayout(1, 2, 4), 0),
+            cfg,
+            StepLayout(1, 2, 4),
+            SingleProcessExchange(),
+            0,
+            setup["ref_model"],
+        )
+    finally:
+        hook.remove()
+        model.zero_grad()
+    assert len(calls) == passes and sum(calls) == 4  # four of them with gradients
