@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 VERBOSE_ENV = "BALDRO_RAY_VERBOSE"
 
@@ -20,6 +21,8 @@ VERBOSE_ENV = "BALDRO_RAY_VERBOSE"
 # of downloads and model loading stay off even when verbose: drawn from every worker they bury the run's lines.
 _ALWAYS_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 _QUIET_ENV = {
+    # Read by every process that imports Ray Data, its actors too (the split coordinators of Ray Train's datasets).
+    "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).with_name("ray_data_logging.yaml")),
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_VERBOSITY": "error",
     "MLFLOW_LOGGING_LEVEL": "WARNING",

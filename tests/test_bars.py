@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -122,3 +126,17 @@ def test_quiet_env_reaches_workers_and_verbose_drops_it(monkeypatch: pytest.Monk
     loud = worker_env()
     assert loud[console.VERBOSE_ENV] == "1" and "TRANSFORMERS_VERBOSITY" not in loud
     assert console.train_log_level() == "INFO"
+
+
+def test_ray_data_lines_stay_in_its_log_files_unless_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The logging config the quiet env names is Ray Data's own default with the console at WARNING: a process
+    that reads it (a split coordinator, say) prints no dataset plans but still writes them to ray-data.log."""
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    code = (
+        "import logging, ray.data._internal.logging as L; L.configure_logging(); "
+        "h = {type(x).__name__: logging.getLevelName(x.level) for x in logging.getLogger('ray.data').handlers}; "
+        "print(h['PlainRayHandler'], h['SessionFileHandler'], logging.getLogger('ray.data').level)"
+    )
+    env = {**os.environ, "RAY_DATA_LOGGING_CONFIG": console.process_env()["RAY_DATA_LOGGING_CONFIG"]}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["WARNING", "NOTSET", str(logging.DEBUG)]
