@@ -83,14 +83,18 @@ def muse_tokenizer_texts(data_dir: Path) -> list[str]:
 
 
 def _base_model(
-    config: EmbeddedConfig, texts: Callable[[], list[str]], content: str, trained: list[str]
+    config: EmbeddedConfig,
+    data_dir: Path,
+    texts: Callable[[Path], list[str]],
+    content: str,
+    trained: list[str],
 ) -> Path:
     from baldro_ray.models.tiny import build_tiny_llama, save_model, train_tokenizer
 
     key = _digest(content, config.vocab_size, asdict(config.tiny_model), config.model_seed)
     path = cache_root(config) / "models" / f"base-{key}"
     if not path.is_dir():
-        tokenizer = train_tokenizer(texts(), config.vocab_size)
+        tokenizer = train_tokenizer(texts(data_dir), config.vocab_size)
         save_model(build_tiny_llama(config.tiny_model, tokenizer, config.model_seed), tokenizer, path)
         trained.append("base")
     return path
@@ -99,11 +103,11 @@ def _base_model(
 def _finetuned(
     config: EmbeddedConfig,
     base: Path,
-    mixes: dict[str, tuple[str, Callable[[], Rows]]],
+    mixes: dict[str, tuple[str, Callable[[Path], Rows]]],
     trained: list[str],
 ) -> dict[str, Path]:
-    """Models fine-tuned from ``base``, one per role of ``mixes`` (role -> (label naming the mix, its rows)); the
-    missing ones are trained together in one run."""
+    """Models fine-tuned from ``base``, one per role of ``mixes`` (role -> (label naming the mix, its rows given
+    the base model's folder)); the missing ones are trained together in one run."""
     from baldro_ray.cluster import ensure_ray
     from baldro_ray.train.finetune import run_finetune
 
@@ -114,7 +118,7 @@ def _finetuned(
     }
     missing = [role for role, path in paths.items() if not path.is_dir()]
     if missing:
-        jobs = {role: mixes[role][1]() for role in missing}
+        jobs = {role: mixes[role][1](base) for role in missing}
         run_name = "finetune-" + _digest(*(paths[role].name for role in missing))
         storage = root / "ray_runs"
         storage.mkdir(parents=True, exist_ok=True)
@@ -146,10 +150,9 @@ def _assets(
     folder), trained where not cached."""
     content = json.loads((data_dir / MANIFEST_NAME).read_text())["content_sha256"]
     trained: list[str] = []
-    base = _base_model(config, lambda: tokenizer_texts(data_dir), content, trained)
+    base = _base_model(config, data_dir, tokenizer_texts, content, trained)
     log(f"benchmark {data_dir}; base model {base}")
-    jobs = {role: (label, lambda rows=rows: rows(base)) for role, (label, rows) in mixes.items()}
-    models = _finetuned(config, base, jobs, trained)
+    models = _finetuned(config, base, mixes, trained)
     target = models.pop("target")
     (retain,) = models.values()
     log(
@@ -218,9 +221,9 @@ def prepare_embedded_muse(
     data_dir = write_muse_benchmark(config.muse, root / f"muse-{_digest(asdict(config.muse))}")
 
     def mix(role: str) -> tuple[str, Callable[[Path], Rows]]:
-        from transformers import AutoTokenizer
-
         def rows(base: Path) -> Rows:
+            from transformers import AutoTokenizer
+
             tokenizer = AutoTokenizer.from_pretrained(base)
             return muse_finetune_rows(
                 data_dir, role, tokenizer, config.finetune.max_length, config.finetune.seed
@@ -249,7 +252,7 @@ def _report_splits(assets: EmbeddedAssets) -> tuple[dict[str, list[Any]], str, P
             f"raw/{split}": [
                 Score("", row["text"], raw=True) for row in read_records(data / f"raw/{split}.json")
             ]
-            for split in ("forget", "retain1", "retain2", "holdout")
+            for split in RAW_SPLITS
         }
         return splits, TEMPLATE_NAME, data / "forget_difficulty.json"
     forget = assets.forget_split

@@ -84,8 +84,8 @@ def resolve_run(
 ) -> ResolvedRun:
     """Load data and model references and validate the whole run, before Ray starts and before any worker.
 
-    With ``data.source=synthetic`` the embedded benchmark is prepared here, which starts Ray only when its models
-    have to be fine-tuned.
+    With an embedded source (``data.source`` synthetic or synthetic_muse) its benchmark is prepared here, which
+    starts Ray only when its models have to be fine-tuned.
     """
     from baldro_ray.data.sources import SCHEMAS, check_disjoint, check_subset, training_schema
     from baldro_ray.inputs import EMBEDDED_MODEL, resolve_inputs
