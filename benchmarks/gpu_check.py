@@ -40,7 +40,8 @@ from baldro_ray.objectives import IGNORE_INDEX, Aggregation, dv_aggregate, npo_l
 from baldro_ray.train.backend import BackendSpec, TrainingBackend, build_backend
 from baldro_ray.train.exchange import SingleProcessExchange
 from baldro_ray.train.layout import StepLayout
-from baldro_ray.train.step import MicroBatch, StepConfig, run_step
+from baldro_ray.train.step import run_step
+from baldro_ray.train.units import MicroBatch, StepConfig
 from benchmarks.reference_style import reference_style_step
 
 BETA, TEMPERATURE = 0.1, -1.0

@@ -44,7 +44,8 @@ from baldro_ray.objectives import (
 )
 from baldro_ray.train.exchange import SingleProcessExchange
 from baldro_ray.train.layout import StepLayout
-from baldro_ray.train.step import MicroBatch, StepConfig, run_step
+from baldro_ray.train.step import run_step
+from baldro_ray.train.units import MicroBatch, StepConfig
 
 Batch = dict[str, Tensor]
 
@@ -151,16 +152,19 @@ def our_step(
     cfg: StepConfig,
     step_id: int,
     ref_model: Callable[..., Any] | None = None,
+    scale_gradients: Callable[[float], None] | None = None,
 ) -> float:
     """:func:`run_step` in one process on the same ``(forget, retain)`` micro-batches; its loss. Forget batches
-    need ``index`` and, for NPO, the cached ``ref_nll_sum`` (:func:`add_reference_nll`)."""
+    need ``index`` and, for NPO, the cached ``ref_nll_sum`` (:func:`add_reference_nll`); ``scale_gradients`` is
+    the backend's (with it, BalDRO-DV over several micro-batches takes the online pass)."""
     rows = micro_batches[0][0]["input_ids"].shape[0]
     layout = StepLayout(world_size=1, per_device_batch_size=rows, accumulation=len(micro_batches))
     micro = []
     for index, (forget, retain) in enumerate(micro_batches):
         positions = layout.local_positions(layout.global_batch, index, 0)
         micro.append(MicroBatch(forget, positions, retain, None if retain is None else positions))
-    return run_step(model, backward, micro, cfg, layout, SingleProcessExchange(), step_id, ref_model).loss
+    exchange = SingleProcessExchange()
+    return run_step(model, backward, micro, cfg, layout, exchange, step_id, ref_model, scale_gradients).loss
 
 
 def add_reference_nll(ref_model: Callable[..., Any], forget_batches: Sequence[Batch]) -> None:

@@ -41,7 +41,7 @@ import torch
 from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama
 from baldro_ray.objectives import AGGREGATIONS, IGNORE_INDEX, Aggregation, get_forget_loss
 from baldro_ray.train.backend import BackendSpec, TrainingBackend, build_backend
-from baldro_ray.train.step import StepConfig
+from baldro_ray.train.units import StepConfig
 from benchmarks.memory import peak_memory, track_cpu_frees
 from benchmarks.reference_style import (
     add_reference_nll,
@@ -148,7 +148,7 @@ class Runner:
     def step(self, micro: Sequence[Pair], step_id: int) -> float:
         model, backward = self.backend.model, self.backend.backward
         if self.impl == "ours":
-            loss = our_step(model, backward, micro, self.cfg, step_id)
+            loss = our_step(model, backward, micro, self.cfg, step_id, None, self.backend.scale_gradients)
         else:
             loss = reference_style_step(model, backward, micro, self.cfg, step_id, self.ref).loss
         self.backend.step()

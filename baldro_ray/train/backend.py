@@ -3,6 +3,8 @@
 Invariants every backend keeps, so one worker loop gives the same numbers under each of them:
 - ``backward(loss)`` adds exactly d loss / d theta, averaged over data-parallel ranks, to the accumulated
   gradient, however often it is called between two ``step()`` calls (no 1/gradient_accumulation_steps).
+- ``scale_gradients(factor)``, where a backend has it (None where not), multiplies the gradient accumulated since
+  the last ``step()`` by ``factor``, the same on every rank (the online-softmax pass of BalDRO-DV needs it).
 - ``step()`` applies exactly one optimizer update: clip (if set), AdamW step, one scheduler step, zero grads.
 - The optimizer is torch AdamW with weight decay on parameters of two or more dimensions only (as HF Trainer).
 - Checkpoints and ``save_pretrained`` are collective: all ranks call them; files exist once all ranks return.
@@ -101,6 +103,7 @@ class TrainingBackend(Protocol):
     """What a worker loop needs; ``model`` is the wrapped module (DDP or DeepSpeed engine) to run forward."""
 
     model: torch.nn.Module
+    scale_gradients: Callable[[float], None] | None
 
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> None: ...
@@ -162,6 +165,12 @@ class _DDPBackend:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
+    def scale_gradients(self, factor: float) -> None:
+        # DDP all-reduced every backward already: .grad holds the same rank-averaged sum on every rank.
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
+
     def step(self) -> None:
         if self._clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self._clip)
@@ -203,7 +212,12 @@ class _DDPBackend:
 
 class _DeepSpeedBackend:
     """A DeepSpeed engine in unmanaged accumulation mode: backward() reduces and accumulates; step() is the
-    boundary where the engine clips, steps the client AdamW, steps the client scheduler once, zeroes grads."""
+    boundary where the engine clips, steps the client AdamW, steps the client scheduler once, zeroes grads.
+
+    ZeRO keeps the accumulated gradient in its own (partitioned, possibly reduced-precision) buffers, which no public
+    API rescales: no ``scale_gradients``, so BalDRO-DV over several micro-steps takes the value pass here."""
+
+    scale_gradients = None
 
     def __init__(self, engine: Any, hf_ds_config: Any):
         self.model = engine

@@ -26,8 +26,9 @@ from baldro_ray.run_folder import MODEL_DIR, STATE_DIR
 from baldro_ray.train.exchange import TorchDistributedExchange
 from baldro_ray.train.layout import StepLayout, epoch_orders, step_rows
 from baldro_ray.train.progress import StepEvent, send_step
-from baldro_ray.train.step import MicroBatch, StepConfig, run_step
+from baldro_ray.train.step import run_step
 from baldro_ray.train.telemetry import Telemetry
+from baldro_ray.train.units import MicroBatch, StepConfig
 
 
 def step_config(config: RunConfig) -> StepConfig:
@@ -168,7 +169,15 @@ def unlearn_loop(loop_config: dict[str, Any]) -> None:
                 m.retain = None if m.retain is None else {k: v.to(device) for k, v in m.retain.items()}
             global_step = epoch * steps + step
             result = run_step(
-                backend.model, backend.backward, micro, cfg, layout, exchange, global_step, ref_model
+                backend.model,
+                backend.backward,
+                micro,
+                cfg,
+                layout,
+                exchange,
+                global_step,
+                ref_model,
+                backend.scale_gradients,
             )
             lr = backend.lr()
             backend.step()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,8 @@ from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, train_tokeni
 from baldro_ray.objectives import Aggregation, sequence_nll, token_nll
 from baldro_ray.train.exchange import SingleProcessExchange
 from baldro_ray.train.layout import StepLayout
-from baldro_ray.train.step import MicroBatch, StepConfig, run_step
+from baldro_ray.train.step import run_step
+from baldro_ray.train.units import MicroBatch, StepConfig
 
 QA = [
     (f"What did author {i} write?", f"Author {i} wrote book number {i * 7} in {1900 + i}.") for i in range(16)
@@ -25,17 +27,34 @@ QA = [
 HP = {"beta": 0.1, "delta": 0.5, "beta1": 2.0, "beta2": 1.0}
 
 
-@pytest.fixture(scope="module", params=["qa", "text", "text-forget-qa-retain"])
-def setup(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """QA rows (answer tokens labelled), text chunks (every token but the first labelled, MUSE's raw units), or
-    text forget units with QA retain rows (the mixed case, which the step supports as it is)."""
+class Float64LM(torch.nn.Module):
+    """A causal LM computed in float64 throughout (each position sees the mean of its prefix's embeddings).
+
+    Llama in float64 still runs RMSNorm, RoPE and the attention softmax in float32, so two exact ways to the same
+    gradient that round differently agree to about 1e-7 only; this model tells exact from inexact at 1e-10.
+    """
+
+    def __init__(self, vocab_size: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, hidden, dtype=torch.float64)
+        self.mix = torch.nn.Linear(hidden, hidden, dtype=torch.float64)
+        self.head = torch.nn.Linear(hidden, vocab_size, dtype=torch.float64)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        mask = attention_mask[..., None].double()
+        h = self.embed(input_ids) * mask
+        prefix = h.cumsum(1) / mask.cumsum(1).clamp(min=1)
+        return SimpleNamespace(logits=self.head(torch.tanh(self.mix(prefix) + h)))
+
+
+def build_setup(data: str, float64: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     tokenizer = train_tokenizer([f"{q} {a}" for q, a in QA] * 3, vocab_size=300)
     spec = TinyModelSpec(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
-    model = build_tiny_llama(spec, tokenizer).double()
+    model = Float64LM(len(tokenizer)) if float64 else build_tiny_llama(spec, tokenizer).double()
     qa = [encode_qa(tokenizer, q, a, TEMPLATES["tiny"], 64) for q, a in QA]
     text = [encode_text(tokenizer, "", f"{q} {a}", 64) for q, a in QA]
-    encoded = {"qa": qa, "text": text, "text-forget-qa-retain": text[:8] + qa[8:]}[request.param]
+    encoded = {"qa": qa, "text": text, "text-forget-qa-retain": text[:8] + qa[8:]}[data]
 
     def batch(ids: list[int]) -> dict[str, torch.Tensor]:
         columns = {
@@ -56,6 +75,19 @@ def setup(request: pytest.FixtureRequest) -> dict[str, Any]:
         for p in ref_model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     return {"model": model, "ref_model": ref_model, "forget": forget, "retain": retain}
+
+
+@pytest.fixture(scope="module", params=["qa", "text", "text-forget-qa-retain"])
+def setup(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The tiny Llama on QA rows (answer tokens labelled), text chunks (every token but the first labelled,
+    MUSE's raw units), or text forget units with QA retain rows (the mixed case, which the step supports as it is)."""
+    return build_setup(request.param, float64=False)
+
+
+@pytest.fixture(scope="module", params=["qa", "text"])
+def float64_setup(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """:class:`Float64LM` on QA rows or text chunks: for passes that round differently from the direct objective."""
+    return build_setup(request.param, float64=True)
 
 
 def step_config(
@@ -144,7 +176,21 @@ def micro_batches(s: dict[str, Any], layout: StepLayout, rank: int) -> list[Micr
     return out
 
 
-def ours(s: dict[str, Any], cfg: StepConfig, layout: StepLayout) -> tuple[float, list[torch.Tensor]]:
+def scaler(model: torch.nn.Module):
+    """What the DDP backend's ``scale_gradients`` does, on a bare module."""
+
+    def scale(factor: float) -> None:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+
+    return scale
+
+
+def ours(
+    s: dict[str, Any], cfg: StepConfig, layout: StepLayout, rescalable: bool = True
+) -> tuple[float, list[torch.Tensor]]:
+    """Our step's loss and gradient; ``rescalable`` False is a backend without ``scale_gradients`` (DeepSpeed)."""
     s["model"].zero_grad()
     result = run_step(
         s["model"],
@@ -155,6 +201,7 @@ def ours(s: dict[str, Any], cfg: StepConfig, layout: StepLayout) -> tuple[float,
         SingleProcessExchange(),
         0,
         s["ref_model"],
+        scaler(s["model"]) if rescalable else None,
     )
     return result.loss, grads(s["model"])
 
@@ -176,17 +223,80 @@ CASES = [
 ]
 
 
+def expect(s: dict[str, Any], cfg: StepConfig) -> tuple[float, list[torch.Tensor]]:
+    """The direct objective's value and gradient over all 8 forget and retain rows."""
+    s["model"].zero_grad()
+    want = direct_objective(s, cfg, list(range(8)), list(range(8)))
+    want.backward()
+    return float(want.detach()), grads(s["model"])
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 @pytest.mark.parametrize(("batch", "accumulation"), [(8, 1), (4, 2), (2, 4)])
 def test_step_gradient_equals_the_direct_objective(setup, case, batch: int, accumulation: int) -> None:
+    """On a backend that cannot rescale gradients (DeepSpeed): global DV over several micro-steps takes the value
+    pass, whose rows round exactly as the direct objective's do."""
     cfg = step_config(**case)
-    setup["model"].zero_grad()
-    want = direct_objective(setup, cfg, list(range(8)), list(range(8)))
-    want.backward()
-    expected = grads(setup["model"])
-    loss, got = ours(setup, cfg, StepLayout(1, batch, accumulation))
-    assert loss == pytest.approx(float(want.detach()), rel=1e-12)
+    want, expected = expect(setup, cfg)
+    loss, got = ours(setup, cfg, StepLayout(1, batch, accumulation), rescalable=False)
+    assert loss == pytest.approx(want, rel=1e-12)
     assert_close(got, expected)
+
+
+DV_CASES = [case for case in CASES if case["aggregation"] == "dv"] + [
+    {"forget_loss": "GA", "aggregation": "dv", "temperature": -1.0, "retain_loss_type": None},
+    {"forget_loss": "NPO", "aggregation": "dv", "temperature": -1.0, "retain_loss_type": "KL"},
+]
+
+
+@pytest.mark.parametrize("case", DV_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize(("batch", "accumulation"), [(4, 2), (2, 4), (1, 8)])
+def test_online_dv_equals_the_direct_objective(float64_setup, case, batch: int, accumulation: int) -> None:
+    """On a backend that rescales gradients (DDP), global DV over several micro-steps takes the online pass: one
+    gradient forward per row, and the direct objective's gradient to 1e-10 in float64."""
+    cfg = step_config(**case)
+    want, expected = expect(float64_setup, cfg)
+    loss, got = ours(float64_setup, cfg, StepLayout(1, batch, accumulation))
+    assert loss == pytest.approx(want, rel=1e-12)
+    assert_close(got, expected)
+
+
+def test_online_dv_on_llama_agrees_to_its_float32_parts(setup) -> None:
+    """On the float64 Llama, whose RMSNorm, RoPE and softmax run in float32, the online pass rounds differently
+    from the direct objective: equal to float32 precision."""
+    cfg = step_config(aggregation="dv", temperature=-1.0)
+    _, expected = expect(setup, cfg)
+    _, got = ours(setup, cfg, StepLayout(1, 2, 4))
+    for x, y in zip(got, expected):  # relative to each tensor's largest entry: float32 rounds at that scale
+        assert float((x - y).abs().max()) <= 1e-6 * float(y.abs().max())
+
+
+def test_online_dv_rescales_when_the_running_maximum_moves(float64_setup) -> None:
+    """At temperature +-0.05 the weights span many orders of magnitude; the losses rise with position (the reference NLL has a ramp
+    added), so at
+    +0.05 the running maximum of l/t moves at every micro-step (at -0.05 it stays with the first). Both give the
+    direct gradient."""
+    moved = []
+    for temperature in (-0.05, 0.05):
+        cfg = step_config(aggregation="dv", temperature=temperature)
+        _, expected = expect(float64_setup, cfg)
+        float64_setup["model"].zero_grad()
+        scale, factors = scaler(float64_setup["model"]), []
+        layout = StepLayout(1, 2, 4)
+        run_step(
+            float64_setup["model"],
+            lambda x: x.backward(),
+            micro_batches(float64_setup, layout, 0),
+            cfg,
+            layout,
+            SingleProcessExchange(),
+            0,
+            None,
+            lambda f, factors=factors, scale=scale: (factors.append(f), scale(f)),
+        )
+        assert_close(grads(float64_setup["model"]), expected)
+        moved.append(len(factors) - 1)  # the last factor is the normalisation
+    assert moved[1] >= 2
 
 
 def test_group_keeps_the_hardest_half_and_a_random_retain_cut(setup) -> None:
@@ -228,11 +338,12 @@ class ThreadExchange:
 
 
 @pytest.mark.parametrize("aggregation", ["dv", "group"])
-def test_two_simulated_ranks_equal_one(setup, aggregation: str) -> None:
+def test_two_simulated_ranks_equal_one(float64_setup, aggregation: str) -> None:
+    """Two ranks at two micro-steps each (DV: the online pass, its running maximum shared by both) equal one."""
     cfg = step_config(aggregation=aggregation, temperature=1.0)
-    _, single = ours(setup, cfg, StepLayout(1, 8, 1))
+    _, single = ours(float64_setup, cfg, StepLayout(1, 8, 1))
     layout = StepLayout(2, 2, 2)
-    models = [copy.deepcopy(setup["model"]) for _ in range(2)]
+    models = [copy.deepcopy(float64_setup["model"]) for _ in range(2)]
     shared = {"slots": [None, None], "barrier": threading.Barrier(2)}
     errors: list[BaseException] = []
 
@@ -242,11 +353,13 @@ def test_two_simulated_ranks_equal_one(setup, aggregation: str) -> None:
             run_step(
                 models[rank],
                 lambda x: x.backward(),
-                micro_batches(setup, layout, rank),
+                micro_batches(float64_setup, layout, rank),
                 cfg,
                 layout,
                 ThreadExchange(shared, rank, 2),
                 0,
+                None,
+                scaler(models[rank]),
             )
         except BaseException as err:  # surfaced below
             errors.append(err)
@@ -282,16 +395,22 @@ def test_group_telemetry_covers_every_sample(setup) -> None:
 
 
 @pytest.mark.parametrize(
-    ("aggregation", "passes"),
-    # with 4 micro-batches: one gradient pass each for the mean; G adds its gradient-free scoring pass; DV a value
-    # pass, since its weights need every unit's value before the first backward
-    [("mean", 4), ("group", 8), ("dv", 8)],
+    ("aggregation", "rescalable", "rows_without_grad"),
+    # 4 micro-batches of 2 forget + 2 retain rows: every row is forwarded once with gradients; G adds its
+    # gradient-free scoring of the 8 forget rows (and forwards only the 4 it keeps, with their 4 retain rows);
+    # DV adds a value pass of every row only on a backend that cannot rescale gradients
+    [("mean", True, 0), ("group", True, 8), ("dv", True, 0), ("dv", False, 16)],
 )
-def test_forward_passes_per_step(setup, aggregation: str, passes: int) -> None:
+def test_rows_forwarded_per_step(setup, aggregation: str, rescalable: bool, rows_without_grad: int) -> None:
     cfg = step_config(aggregation=aggregation)
     model = setup["model"]
-    calls = []
-    hook = model.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    rows = {True: 0, False: 0}
+    hook = model.register_forward_hook(
+        lambda _m, _args, kwargs, _out: rows.__setitem__(
+            torch.is_grad_enabled(), rows[torch.is_grad_enabled()] + kwargs["input_ids"].shape[0]
+        ),
+        with_kwargs=True,
+    )
     try:
         run_step(
             model,
@@ -302,8 +421,9 @@ def test_forward_passes_per_step(setup, aggregation: str, passes: int) -> None:
             SingleProcessExchange(),
             0,
             setup["ref_model"],
+            scaler(model) if rescalable else None,
         )
     finally:
         hook.remove()
         model.zero_grad()
-    assert len(calls) == passes and sum(calls) == 4  # four of them with gradients
+    assert rows == {True: 8 if aggregation == "group" else 16, False: rows_without_grad}

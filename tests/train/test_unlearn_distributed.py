@@ -77,22 +77,28 @@ def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
-    "method",
+    ("method", "accumulation"),
     [
-        ("method.dro.type=dv", "method.dro.temperature=-1"),
-        ("method.dro.type=group", "method.dro.sampling_ratio=0.5"),
+        (("method.dro.type=dv", "method.dro.temperature=-1"), 1),
+        (("method.dro.type=dv", "method.dro.temperature=-1"), 2),  # DDP: the online-softmax pass
+        (("method.dro.type=group", "method.dro.sampling_ratio=0.5"), 1),
     ],
-    ids=[
-        "dv-reference",
-        "group",
-    ],  # the textbook sign takes the same path: test_step.py simulates its two ranks
+    ids=["dv-reference", "dv-reference-accumulated", "group"],
+    # the textbook sign takes the same paths: test_step.py simulates its two ranks
 )
 def test_one_step_is_the_same_with_one_or_two_workers(
-    ray_cluster, workspace: Path, method: tuple[str, ...]
+    ray_cluster, workspace: Path, method: tuple[str, ...], accumulation: int
 ) -> None:
-    tag = "-".join(m.split("=")[1] for m in method)
+    tag = "-".join(m.split("=")[1] for m in method) + f"-x{accumulation}"
     one = train(workspace, f"one-{tag}", *method, "trainer.num_workers=1", "trainer.per_device_batch_size=8")
-    two = train(workspace, f"two-{tag}", *method, "trainer.num_workers=2", "trainer.per_device_batch_size=4")
+    two = train(
+        workspace,
+        f"two-{tag}",
+        *method,
+        "trainer.num_workers=2",
+        f"trainer.per_device_batch_size={4 // accumulation}",
+        f"trainer.gradient_accumulation_steps={accumulation}",
+    )
     initial = load_file(workspace / "model" / "model.safetensors")
     assert max_relative_difference(one, initial) > 1e-4  # the step moved the weights
     assert max_relative_difference(two, one) < 1e-6
