@@ -36,7 +36,6 @@ def evaluation_run(
     from baldro_ray.embedded import prepare_embedded
     from baldro_ray.eval.evaluate import evaluate_models, plan_evaluation
     from baldro_ray.eval.inference import plan_chunks
-    from baldro_ray.eval.tofu import TofuEvaluation
 
     config = load_config(overrides=[*overrides, f"evaluation.replicas={replicas}"])
     assets = prepare_embedded(config.embedded, config.data.forget_split, log=lambda _: None)
@@ -47,7 +46,7 @@ def evaluation_run(
         if not copy.exists():
             shutil.copytree(model, copy)
     s = plan.evaluation
-    requests = TofuEvaluation(plan.source, plan.forget_split, plan.holdout_split, s.max_new_tokens).requests
+    requests = plan.benchmark_evaluation.requests
     unique, _ = plan_chunks(requests, s.batch_size)
     started = time.perf_counter()
     (result,) = evaluate_models(plan, [model])

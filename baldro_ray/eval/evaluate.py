@@ -14,7 +14,8 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from baldro_ray.atomic import write_json
 from baldro_ray.config import ConfigError, EvaluationConfig, RunConfig
 from baldro_ray.data.render import PromptTemplate
 from baldro_ray.eval.balance import balance_report
+from baldro_ray.eval.inference import Evaluation, TokenCache
 from baldro_ray.eval.objective import combined_score, objective_terms
 from baldro_ray.eval.privacy import privleak_entry
 from baldro_ray.eval.tofu import forget_quality_entry, load_retain_eval, write_eval
@@ -48,6 +50,22 @@ class EvalPlan:
     difficulty: tuple[str, ...] | None  # ground-truth difficulty label of each forget row
     retain_model: str | None
     retain_logs: dict[str, Any] | None
+    # Token ids of the requests, per tokenizer, kept for the whole run (every evaluate_models call of this plan).
+    tokens: TokenCache = field(default_factory=TokenCache, compare=False, repr=False)
+
+    @cached_property
+    def benchmark_evaluation(self) -> Evaluation:
+        """The benchmark's requests and how results become metrics, read from the splits once per plan."""
+        s = self.evaluation
+        if self.benchmark == "MUSE":
+            from baldro_ray.eval.muse import MuseEvaluation
+
+            return MuseEvaluation(self.source, self.template, s.text_max_length, s.token_positions)
+        from baldro_ray.eval.tofu import TofuEvaluation
+
+        return TofuEvaluation(
+            self.source, self.forget_split, self.holdout_split, s.max_new_tokens, s.token_positions
+        )
 
 
 def _fingerprint(location: str) -> str:
@@ -147,19 +165,7 @@ def _inference(plan: EvalPlan, model_path: str) -> Any:
         s.cpus_per_replica,
         s.use_gpu,
         plan.dtype,
-    )
-
-
-def _evaluation(plan: EvalPlan) -> Any:
-    s = plan.evaluation
-    if plan.benchmark == "MUSE":
-        from baldro_ray.eval.muse import MuseEvaluation
-
-        return MuseEvaluation(plan.source, plan.template, s.text_max_length, s.token_positions)
-    from baldro_ray.eval.tofu import TofuEvaluation
-
-    return TofuEvaluation(
-        plan.source, plan.forget_split, plan.holdout_split, s.max_new_tokens, s.token_positions
+        plan.tokens,
     )
 
 
@@ -168,7 +174,7 @@ def evaluate_models(plan: EvalPlan, model_paths: Sequence[str]) -> list[dict[str
     against the default reference; :func:`relative_to_retain` adds what needs the retain model."""
     if not model_paths:
         return []
-    evaluation = _evaluation(plan)
+    evaluation = plan.benchmark_evaluation
     per_model = _inference(plan, model_paths[0]).run_models(model_paths, evaluation.requests)
     return [evaluation.assemble(results) for results in per_model]
 

@@ -9,6 +9,8 @@ executor or on the number of replicas: the same batches are formed either way.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -55,6 +57,58 @@ class Generate:
 
 Request = Score | Generate
 Result = dict[str, Any] | str  # Score -> {"nll_sum", "n_tokens"[, token stats]}, Generate -> text
+
+
+Encoded = dict[str, list[int]]  # a request's token ids: input_ids (and labels for a Score)
+
+
+def tokenise(request: Request, tokenizer: Any, template: PromptTemplate, max_length: int) -> Encoded:
+    """The ids of one request: ``input_ids`` and ``labels`` for a Score, the prompt's ``input_ids`` for a
+    Generate. Raises :class:`~baldro_ray.data.render.EncodingError` for a sample with no scored token."""
+    if isinstance(request, Score):
+        limit = max_length if request.max_length is None else request.max_length
+        if request.raw:
+            return encode_text(tokenizer, request.question, request.answer, limit)
+        return encode_qa(tokenizer, request.question, request.answer, template, limit)
+    text, _, special = (RAW if request.raw else template).texts(tokenizer, request.question, "")
+    return {"input_ids": list(tokenizer(text, add_special_tokens=special)["input_ids"])}
+
+
+def fingerprint(tokenizer: Any) -> str:
+    """A digest of everything tokenisation reads: the vocabulary and pipeline (fast tokenizers: their whole JSON
+    form), the special-token ids and the chat template. Equal fingerprints tokenise every text the same way."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts = {
+        "class": type(tokenizer).__name__,
+        "pipeline": backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items()),
+        "ids": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
+        "chat_template": getattr(tokenizer, "chat_template", None),
+    }
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
+
+
+class TokenCache:
+    """Token ids of requests per (tokenizer :func:`fingerprint`, template, length limit), filled on first use: the
+    models of a run that share a tokenizer (target, retain and every epoch's checkpoint, as a rule) share one
+    tokenisation, across every evaluation of the run."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str, int], dict[Request, Encoded]] = {}
+
+    def encoded(
+        self,
+        tokenizer: Any,
+        digest: str,
+        template: PromptTemplate,
+        max_length: int,
+        requests: Sequence[Request],
+    ) -> list[Encoded]:
+        """The ids of ``requests`` with ``tokenizer``, whose :func:`fingerprint` is ``digest``."""
+        known = self._ids.setdefault((digest, json.dumps(template.as_dict(), sort_keys=True), max_length), {})
+        for request in requests:
+            if request not in known:
+                known[request] = tokenise(request, tokenizer, template, max_length)
+        return [known[request] for request in requests]
 
 
 class Inference(Protocol):
@@ -143,16 +197,7 @@ def score_batch(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def _score(
-    model: Any, tokenizer: Any, template: PromptTemplate, chunk: Sequence[Score], max_length: int
-) -> list:
-    def encode(r: Score) -> dict[str, list[int]]:
-        limit = max_length if r.max_length is None else r.max_length
-        if r.raw:
-            return encode_text(tokenizer, r.question, r.answer, limit)
-        return encode_qa(tokenizer, r.question, r.answer, template, limit)
-
-    encoded = [encode(r) for r in chunk]
+def _score(model: Any, tokenizer: Any, chunk: Sequence[Score], encoded: Sequence[Encoded]) -> list:
     batch = pad_batch(
         {"input_ids": [e["input_ids"] for e in encoded], "labels": [e["labels"] for e in encoded]},
         tokenizer.pad_token_id,
@@ -176,12 +221,9 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 @torch.no_grad()
-def _generate(model: Any, tokenizer: Any, template: PromptTemplate, chunk: Sequence[Generate]) -> list[str]:
+def _generate(model: Any, tokenizer: Any, chunk: Sequence[Generate], encoded: Sequence[Encoded]) -> list[str]:
     """Left-padded greedy generation, so a prompt's continuation does not depend on its batch's widths."""
-    prompts = []
-    for request in chunk:
-        text, _, special = (RAW if request.raw else template).texts(tokenizer, request.question, "")
-        prompts.append(list(tokenizer(text, add_special_tokens=special)["input_ids"]))
+    prompts = [e["input_ids"] for e in encoded]
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -209,15 +251,16 @@ def _generate(model: Any, tokenizer: Any, template: PromptTemplate, chunk: Seque
 
 
 def run_chunk(
-    model: Any, tokenizer: Any, template: PromptTemplate, chunk: Sequence[Request], max_length: int
+    model: Any, tokenizer: Any, chunk: Sequence[Request], encoded: Sequence[Encoded]
 ) -> list[Result]:
-    """The results of one batch from :func:`plan_chunks` (all of one kind), in its order."""
+    """The results of one batch from :func:`plan_chunks` (all of one kind), in its order, from its token ids
+    (:func:`tokenise`, with a tokenizer of the same :func:`fingerprint` as ``tokenizer``)."""
     was_training = model.training
     model.eval()
     try:
         if isinstance(chunk[0], Score):
-            return _score(model, tokenizer, template, chunk, max_length)
-        return _generate(model, tokenizer, template, chunk)
+            return _score(model, tokenizer, chunk, encoded)
+        return _generate(model, tokenizer, chunk, encoded)
     finally:
         model.train(was_training)
 
@@ -246,16 +289,17 @@ class LocalInference:
         template: PromptTemplate,
         max_length: int = 512,
         batch_size: int = 16,
+        tokens: TokenCache | None = None,
     ) -> None:
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.max_length, self.batch_size = max_length, batch_size
+        self.tokens, self.digest = tokens or TokenCache(), fingerprint(tokenizer)
 
     def run(self, requests: Sequence[Request]) -> list[Result]:
         unique, chunks = plan_chunks(requests, self.batch_size)
+        encoded = self.tokens.encoded(self.tokenizer, self.digest, self.template, self.max_length, unique)
         results = {
-            c: run_chunk(
-                self.model, self.tokenizer, self.template, [unique[i] for i in chunk], self.max_length
-            )
+            c: run_chunk(self.model, self.tokenizer, [unique[i] for i in chunk], [encoded[i] for i in chunk])
             for c, chunk in enumerate(chunks)
         }
         return scatter(requests, unique, chunks, results)

@@ -1,8 +1,8 @@
 """Models on Ray Data actor pools: evaluation replicas running the planned batches, and the one reference-scoring
 pass of an unlearning run (:func:`score_reference`).
 
-Each dataset row is one batch of :func:`~baldro_ray.eval.inference.plan_chunks` (its requests as JSON) for one
-model; an actor loads a model when its first batch arrives and runs the batches it is given with
+Each dataset row is one batch of :func:`~baldro_ray.eval.inference.plan_chunks` for one model: its requests and
+their token ids as JSON, tokenised on the driver once per tokenizer (:class:`~baldro_ray.eval.inference.TokenCache`); an actor loads a model when its first batch arrives and runs the batches it is given with
 :func:`~baldro_ray.eval.inference.run_chunk`. Several models (e.g. every epoch's checkpoint) can share one job, so
 the actors start once. The batches are planned on the driver, so the results are identical for any number of
 replicas (and to :class:`~baldro_ray.eval.inference.LocalInference` with the same batch size and threads).
@@ -18,17 +18,27 @@ import numpy as np
 
 from baldro_ray.bars import open_bar
 from baldro_ray.data.render import PromptTemplate
-from baldro_ray.eval.inference import Request, Result, decode_request, encode_request, plan_chunks, scatter
+from baldro_ray.eval.inference import (
+    Request,
+    Result,
+    TokenCache,
+    decode_request,
+    encode_request,
+    fingerprint,
+    plan_chunks,
+    scatter,
+)
+from baldro_ray.models.tiny import load_tokenizer
 
 
 class _Replica:
     """A Ray Data actor holding one model replica at a time (rows arrive grouped by model)."""
 
-    def __init__(self, template: dict[str, Any], max_length: int, dtype: str | None, threads: int) -> None:
+    def __init__(self, dtype: str | None, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.template, self.max_length, self.dtype = PromptTemplate(**template), max_length, dtype
+        self.dtype = dtype
         self.path: str | None = None
 
     def _load(self, path: str) -> None:
@@ -48,10 +58,9 @@ class _Replica:
         for path, payload in zip(batch["model"], batch["payload"]):
             if str(path) != self.path:
                 self._load(str(path))
-            chunk = [decode_request(r) for r in json.loads(str(payload))]
-            results.append(
-                json.dumps(run_chunk(self.model, self.tokenizer, self.template, chunk, self.max_length))
-            )
+            data = json.loads(str(payload))
+            chunk = [decode_request(r) for r in data["requests"]]
+            results.append(json.dumps(run_chunk(self.model, self.tokenizer, chunk, data["encoded"])))
         return {"job": batch["job"], "chunk": batch["chunk"], "results": np.asarray(results, dtype=object)}
 
 
@@ -72,10 +81,12 @@ class ReplicaInference:
         cpus_per_replica: float = 1.0,
         use_gpu: bool = False,
         dtype: str | None = None,
+        tokens: TokenCache | None = None,
     ) -> None:
         self.model_path, self.template, self.max_length = model_path, template, max_length
         self.batch_size, self.replicas = batch_size, replicas
         self.cpus_per_replica, self.use_gpu, self.dtype = cpus_per_replica, use_gpu, dtype
+        self.tokens = tokens or TokenCache()
 
     def run(self, requests: Sequence[Request]) -> list[Result]:
         return self.run_models([self.model_path], requests)[0]
@@ -87,18 +98,30 @@ class ReplicaInference:
         unique, chunks = plan_chunks(requests, self.batch_size)
         if not chunks:
             return [[] for _ in model_paths]
-        payloads = [json.dumps([encode_request(unique[i]) for i in chunk]) for chunk in chunks]
-        items = [
-            {"job": j, "model": str(path), "chunk": c, "payload": payload}
-            for j, path in enumerate(model_paths)
-            for c, payload in enumerate(payloads)
-        ]
+        payloads = {}  # per tokenizer: models that share one share its payloads
+        items = []
+        for j, path in enumerate(model_paths):
+            tokenizer = load_tokenizer(path)
+            digest = fingerprint(tokenizer)
+            if digest not in payloads:
+                encoded = self.tokens.encoded(tokenizer, digest, self.template, self.max_length, unique)
+                payloads[digest] = [
+                    json.dumps(
+                        {
+                            "requests": [encode_request(unique[i]) for i in chunk],
+                            "encoded": [encoded[i] for i in chunk],
+                        }
+                    )
+                    for chunk in chunks
+                ]
+            items += [
+                {"job": j, "model": str(path), "chunk": c, "payload": payload}
+                for c, payload in enumerate(payloads[digest])
+            ]
         dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * self.replicas))
         output = dataset.map_batches(
             _Replica,
             fn_constructor_kwargs={
-                "template": self.template.as_dict(),
-                "max_length": self.max_length,
                 "dtype": self.dtype,
                 "threads": max(1, int(self.cpus_per_replica)),
             },

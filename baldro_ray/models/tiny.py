@@ -191,11 +191,24 @@ def load_model(
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise OSError(f"could not load {_where(name)} {name!r}: {err}") from err
+    tokenizer = load_tokenizer(name)
+    check_vocabulary(len(tokenizer), model.config.vocab_size, name)
+    return model, tokenizer
+
+
+def _where(name: str) -> str:
+    return "local folder" if os.path.exists(name) else "Hugging Face hub model (or missing local path)"
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """The tokenizer :func:`load_model` gives with the model (padding with eos where it has no pad token)."""
+    name = os.fspath(name_or_path)
+    try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
-        where = "local folder" if os.path.exists(name) else "Hugging Face hub model (or missing local path)"
-        raise OSError(f"could not load {where} {name!r}: {err}") from err
-    check_vocabulary(len(tokenizer), model.config.vocab_size, name)
+        raise OSError(f"could not load {_where(name)} {name!r}: {err}") from err
     if tokenizer.pad_token_id is None:  # Llama's tokenizers have none; open-unlearning pads with eos too
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer

@@ -72,6 +72,12 @@ class Aggregation:
         return self.temperature is None
 
     @property
+    def softmax(self) -> bool:
+        """True when the weights are ``softmax(l / temperature)`` (BalDRO-DV): a step can then accumulate them
+        across micro-steps with a running maximum, before every value is known (the online-softmax identity)."""
+        return self.type == "dv"
+
+    @property
     def selects(self) -> bool:
         """True for BalDRO-G: the step keeps the hardest ``sampling_ratio`` of each DRO batch before the loss."""
         return self.sampling_ratio is not None

@@ -151,9 +151,9 @@ def run_step(
         forget_data, retain_units = uniform_pass(run, work, *weigh(*_placeholders(exchange, cfg, work)))
     elif cfg.scope == "local" or len(work) == 1:
         forget_data, retain_units = micro_step_pass(run, work, weigh)
-    elif scale_gradients is not None and retain_aggregation.uniform:
+    elif scale_gradients is not None and cfg.aggregation.softmax and retain_aggregation.uniform:
         _, retain_w = weigh({}, _placeholders(exchange, cfg, work)[1])
-        temperature = float(cfg.aggregation.temperature)  # type: ignore[arg-type]  # DV: not uniform
+        temperature = float(cfg.aggregation.temperature)  # type: ignore[arg-type]  # softmax: DV's own
         forget_data, retain_units = online_pass(run, work, temperature, retain_w, scale_gradients)
     else:
         forget_data, retain_units = value_pass(run, work, weigh)

@@ -15,12 +15,21 @@ from baldro_ray.eval.inference import (
     Generate,
     LocalInference,
     Score,
+    TokenCache,
     decode_request,
     encode_request,
+    fingerprint,
     plan_chunks,
     stop_token_ids,
+    tokenise,
 )
-from baldro_ray.models.tiny import TinyModelSpec, build_tiny_llama, save_model, train_tokenizer
+from baldro_ray.models.tiny import (
+    TinyModelSpec,
+    build_tiny_llama,
+    load_tokenizer,
+    save_model,
+    train_tokenizer,
+)
 
 TEMPLATE = TEMPLATES["tiny"]
 TEXTS = [
@@ -117,6 +126,26 @@ def test_batched_generation_equals_one_by_one(model_and_tokenizer: tuple[Any, An
     assert batched == single
     assert all(isinstance(t, str) and tokenizer.eos_token not in t for t in batched)
     assert "e" not in batched[-1]  # cut at the stop string
+
+
+def test_requests_are_tokenised_once_per_tokenizer(
+    model_and_tokenizer: tuple[Any, Any], tmp_path: Any
+) -> None:
+    """A tokenizer reloaded from a model folder has the same fingerprint and reuses the first tokenisation (the
+    same lists, not new ones); another vocabulary gets its own."""
+    model, tokenizer = model_and_tokenizer
+    save_model(model, tokenizer, tmp_path / "model")
+    reloaded, other = load_tokenizer(tmp_path / "model"), train_tokenizer(TEXTS[::-1] * 4, vocab_size=280)
+    assert fingerprint(reloaded) == fingerprint(tokenizer) != fingerprint(other)
+    cache, requests = TokenCache(), list(dict.fromkeys(_requests()))
+    first = cache.encoded(tokenizer, fingerprint(tokenizer), TEMPLATE, 512, requests)
+    assert first == [tokenise(r, tokenizer, TEMPLATE, 512) for r in requests]
+    again = cache.encoded(reloaded, fingerprint(reloaded), TEMPLATE, 512, requests[::-1])
+    assert all(a is b for a, b in zip(first, again[::-1]))
+    theirs = cache.encoded(other, fingerprint(other), TEMPLATE, 512, requests)
+    assert theirs == [tokenise(r, other, TEMPLATE, 512) for r in requests] and theirs != first
+    shorter = cache.encoded(tokenizer, fingerprint(tokenizer), TEMPLATE, 20, requests[:1])
+    assert shorter != first[:1]  # the length limit is part of the key
 
 
 @pytest.mark.ray

@@ -61,6 +61,17 @@ def test_mean_and_group_weigh_their_units_uniformly(aggregation: Aggregation) ->
     assert aggregation.weights(units).tolist() == [0.25] * 4
 
 
+def test_only_dv_weighs_by_a_softmax_of_values() -> None:
+    """What the step reads to pick its pass: uniform weights need no values, softmax ones accumulate online."""
+    kinds = [Aggregation.mean(), Aggregation.group(0.5), Aggregation.dv(-1.0), Aggregation.dv(2.0)]
+    assert [(a.uniform, a.softmax, a.selects) for a in kinds] == [
+        (True, False, False),
+        (True, False, True),
+        (False, True, False),
+        (False, True, False),
+    ]
+
+
 def test_the_config_builds_the_aggregations_it_names() -> None:
     dro = load_config(None, ["method.dro.type=group", "method.dro.sampling_ratio=0.3"]).method.dro
     assert dro.aggregation() == Aggregation.group(0.3) and dro.retain_aggregation() is None
