@@ -55,13 +55,14 @@ class MicroBatch:
     retain_positions: np.ndarray | None = None
 
     def restrict(self, forget_keep: set[int], retain_keep: set[int]) -> MicroBatch:
+        """The rows at the kept positions. Without a kept forget row the first one stays as the dummy row (no
+        position) that :class:`Units` forwards when nothing else is: a model cannot forward zero rows."""
         f = np.isin(self.forget_positions, sorted(forget_keep))
+        forget = _rows(self.forget, f if f.any() else np.arange(len(f)) == 0)
         if self.retain is None or self.retain_positions is None:
-            return MicroBatch(_rows(self.forget, f), self.forget_positions[f])
+            return MicroBatch(forget, self.forget_positions[f])
         r = np.isin(self.retain_positions, sorted(retain_keep))
-        return MicroBatch(
-            _rows(self.forget, f), self.forget_positions[f], _rows(self.retain, r), self.retain_positions[r]
-        )
+        return MicroBatch(forget, self.forget_positions[f], _rows(self.retain, r), self.retain_positions[r])
 
 
 def _rows(batch: dict[str, Tensor], keep: np.ndarray) -> dict[str, Tensor]:
